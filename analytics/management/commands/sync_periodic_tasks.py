@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from config.periodic import PERIODIC_TASKS
+
+PREFIX = "vigil."
+
+
+class Command(BaseCommand):
+    help = "Write the periodic tasks declared in config/periodic.py into django-celery-beat (idempotent)."
+
+    @transaction.atomic
+    def handle(self, *args: Any, **options: Any) -> None:
+        for name, spec in PERIODIC_TASKS.items():
+            interval, _ = IntervalSchedule.objects.get_or_create(every=spec["every_seconds"], period=IntervalSchedule.SECONDS)
+            _, created = PeriodicTask.objects.update_or_create(
+                name=name,
+                defaults={"task": spec["task"], "interval": interval, "crontab": None, "enabled": True},
+            )
+            self.stdout.write(f"{'created' if created else 'kept'} {name}")
+        stale = PeriodicTask.objects.filter(name__startswith=PREFIX).exclude(name__in=PERIODIC_TASKS)
+        for name in stale.values_list("name", flat=True):
+            self.stdout.write(f"removed {name}")
+        stale.delete()

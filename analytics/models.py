@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from django.db import models
+
+from tenants.models import Tenant
+
+
+def series_identity(cluster: str, node: str, metric: str, labels: dict[str, str]) -> str:
+    """A series' identity within its tenant: a hash of its canonical address.
+
+    One indexed column serves the ingest lookup of many series at once (`identity IN (...)`)
+    whatever the labels, on PostgreSQL and SQLite alike.
+    """
+    canonical = json.dumps([cluster, node, metric, sorted(labels.items())], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+
+class MetricSeries(models.Model):
+    """One metric of one node of one cluster, with its labels. Created on its first point."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="series")
+    cluster = models.CharField(max_length=200)
+    node = models.CharField(max_length=200)
+    metric = models.CharField(max_length=200)
+    labels = models.JSONField(default=dict, blank=True)
+    unit = models.CharField(max_length=32, blank=True)
+    identity = models.CharField(max_length=40, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Newest point stored, maintained by the ingest pipeline task (not by the request).
+    last_point_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "metric series"
+        constraints = [
+            # Serves the ingest lookup `tenant = ? AND identity IN (...)`.
+            models.UniqueConstraint(fields=["tenant", "identity"], name="series_unique_tenant_identity"),
+        ]
+        indexes = [
+            # Serves the list filters: ?cluster=&node=&metric=
+            models.Index(fields=["tenant", "cluster", "node", "metric"], name="series_tenant_addr_idx"),
+            models.Index(fields=["tenant", "metric"], name="series_tenant_metric_idx"),
+        ]
+
+    def __str__(self) -> str:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+        return f"{self.cluster}/{self.node}/{self.metric}{{{labels}}}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.identity = series_identity(self.cluster, self.node, self.metric, self.labels)
+        super().save(*args, **kwargs)
+
+
+class Point(models.Model):
+    """A raw sample. Keyed by (series, ts), no surrogate id: the table is built for volume.
+
+    On PostgreSQL the table is range-partitioned by day on `ts` (see migration 0001 and
+    analytics/partitions.py) so that retention drops whole partitions. There is no
+    database foreign key to the series: checking it would cost every row of every COPY,
+    and points are only ever written by `points_ingest`, which creates the series first
+    in the same transaction.
+    """
+
+    pk = models.CompositePrimaryKey("series", "ts")
+    # No separate index: the primary key (series_id, ts) leads with it.
+    series = models.ForeignKey(
+        MetricSeries, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    ts = models.DateTimeField()
+    value = models.FloatField()
+
+
+class IngestBatch(models.Model):
+    """An accepted ingest request: the outbox between the API and the pipeline.
+
+    Written in the same transaction as the points, so a batch whose task message is lost
+    (broker restarted, worker killed before ack) is found and re-published by the sweeper.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PROCESSED = "processed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ingest_batches")
+    received_at = models.DateTimeField(auto_now_add=True)
+    points = models.PositiveIntegerField()
+    series_ids = models.JSONField(default=list)
+    first_ts = models.DateTimeField()
+    last_ts = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "ingest batches"
+        indexes = [
+            # Serves the sweeper: pending batches older than N seconds.
+            models.Index(fields=["status", "received_at"], name="batch_status_received_idx"),
+        ]

@@ -1,0 +1,21 @@
+"""Periodic work, declared in code. `manage.py sync_periodic_tasks` writes it into
+django-celery-beat (idempotently) at start-up; beat's DatabaseScheduler runs it.
+
+Names start with "vigil." so the sync can tell its own entries from ones an operator
+added in the admin, and remove its own that are no longer declared here.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class Periodic(TypedDict):
+    task: str
+    every_seconds: int
+
+
+PERIODIC_TASKS: dict[str, Periodic] = {
+    "vigil.ingest-batches-sweep": {"task": "analytics.tasks.ingest_batches_sweep", "every_seconds": 60},
+    "vigil.point-partitions-ensure": {"task": "analytics.tasks.point_partitions_ensure", "every_seconds": 3600},
+}

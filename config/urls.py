@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from analytics.api.views import PointsIngestView, SeriesViewSet
+from tenants.api.views import ApiKeyViewSet
+
+router = SimpleRouter(trailing_slash=False)
+router.register("series", SeriesViewSet, basename="series")
+router.register("keys", ApiKeyViewSet, basename="keys")
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+api_v1 = [
+    path("points", PointsIngestView.as_view(), name="points-ingest"),
+    path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    path(
+        "docs",
+        SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
+        name="docs",
+    ),
+    *router.urls,
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("healthz", healthz),
+]
+
+handler404 = "config.api.json_404"
+handler500 = "config.api.json_500"
