@@ -73,6 +73,9 @@ class Point(models.Model):
     ts = models.DateTimeField()
     value = models.FloatField()
 
+    def __str__(self) -> str:
+        return f"{self.series_id}@{self.ts.isoformat()}={self.value}"
+
 
 class IngestBatch(models.Model):
     """An accepted ingest request: the outbox between the API and the pipeline.
@@ -102,3 +105,6 @@ class IngestBatch(models.Model):
             # Serves the sweeper: pending batches older than N seconds.
             models.Index(fields=["status", "received_at"], name="batch_status_received_idx"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.points} points at {self.received_at:%Y-%m-%d %H:%M:%S} ({self.status})"

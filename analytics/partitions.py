@@ -9,7 +9,7 @@ own short transaction, never inside an ingest transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from django.db import connection, transaction
 
@@ -26,8 +26,8 @@ def partition_name(day: date) -> str:
 
 def days_between(start: float, end: float) -> list[date]:
     """Every UTC day touched by the unix-seconds interval [start, end]."""
-    first = datetime.fromtimestamp(start, tz=timezone.utc).date()
-    last = datetime.fromtimestamp(end, tz=timezone.utc).date()
+    first = datetime.fromtimestamp(start, tz=UTC).date()
+    last = datetime.fromtimestamp(end, tz=UTC).date()
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
@@ -55,9 +55,10 @@ def partitions_ensure(days: Iterable[date]) -> list[str]:
         for day in missing:
             name = partition_name(day)
             if name not in existing:
+                upper = day + timedelta(days=1)
                 cursor.execute(
                     f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {PARENT} "
-                    f"FOR VALUES FROM ('{day.isoformat()} 00:00+00') TO ('{(day + timedelta(days=1)).isoformat()} 00:00+00')"
+                    f"FOR VALUES FROM ('{day.isoformat()} 00:00+00') TO ('{upper.isoformat()} 00:00+00')"
                 )
                 created.append(name)
         # Only once committed: inside a rolled-back outer transaction the DDL is gone too.

@@ -32,4 +32,6 @@ def point_partitions_ensure() -> list[str]:
     from django.utils import timezone
 
     today = timezone.now().date()
-    return partitions.partitions_ensure(today + timedelta(days=n) for n in range(settings.VIGIL_PARTITIONS_AHEAD_DAYS + 1))
+    return partitions.partitions_ensure(
+        today + timedelta(days=n) for n in range(settings.VIGIL_PARTITIONS_AHEAD_DAYS + 1)
+    )

@@ -30,7 +30,9 @@ def error_body(code: str, message: str, details: list[dict[str, Any]] | None = N
 def _flatten(detail: Any, path: str = "") -> list[dict[str, Any]]:
     """DRF's nested ErrorDetail structures -> [{"field", "code", "message"}]."""
     if isinstance(detail, dict):
-        return [item for key, value in detail.items() for item in _flatten(value, f"{path}.{key}" if path else str(key))]
+        return [
+            item for key, value in detail.items() for item in _flatten(value, f"{path}.{key}" if path else str(key))
+        ]
     if isinstance(detail, list):
         return [item for value in detail for item in _flatten(value, path)]
     return [{"field": path or None, "code": getattr(detail, "code", "invalid"), "message": str(detail)}]

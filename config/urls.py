@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
@@ -12,10 +11,6 @@ from tenants.api.views import ApiKeyViewSet
 router = SimpleRouter(trailing_slash=False)
 router.register("series", SeriesViewSet, basename="series")
 router.register("keys", ApiKeyViewSet, basename="keys")
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
 
 
 api_v1 = [
@@ -32,7 +27,6 @@ api_v1 = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
-    path("healthz", healthz),
 ]
 
 handler404 = "config.api.json_404"

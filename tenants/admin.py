@@ -19,7 +19,15 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "is_active", "max_series", "max_points_per_request", "retention_raw_days", "created_at"]
+    list_display = [
+        "slug",
+        "name",
+        "is_active",
+        "max_series",
+        "max_points_per_request",
+        "retention_raw_days",
+        "created_at",
+    ]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
@@ -27,7 +35,10 @@ class TenantAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["slug", "name", "is_active"]}),
         ("Quotas", {"fields": ["max_series", "max_points_per_request"]}),
-        ("Retention (days)", {"fields": ["retention_raw_days", "retention_1m_days", "retention_5m_days", "retention_1h_days"]}),
+        (
+            "Retention (days)",
+            {"fields": ["retention_raw_days", "retention_1m_days", "retention_5m_days", "retention_1h_days"]},
+        ),
     ]
 
 
@@ -68,7 +79,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             scopes=form.cleaned_data["scopes"],
             created_by=request.user,
         )
-        obj.pk = issued.api_key.pk
+        obj.pk, obj.prefix = issued.api_key.pk, issued.api_key.prefix
         messages.warning(request, f"The new key is {issued.raw_key} — copy it now, it will not be shown again.")
 
     @admin.action(description="Revoke selected keys")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -62,7 +62,14 @@ INGEST_EXAMPLE = {
             "timestamp": "2026-11-23T12:00:00Z",
             "value": 42.5,
         },
-        {"cluster": "eu-west", "node": "web-1", "metric": "cpu.usage", "labels": {"env": "prod"}, "timestamp": 1795435260, "value": 43.1},
+        {
+            "cluster": "eu-west",
+            "node": "web-1",
+            "metric": "cpu.usage",
+            "labels": {"env": "prod"},
+            "timestamp": 1795435260,
+            "value": 43.1,
+        },
     ]
 }
 
@@ -95,7 +102,14 @@ class PointsIngestView(APIView):
                     "error": {
                         "code": "invalid_points",
                         "message": "1 of 2 points are invalid; nothing was written.",
-                        "details": [{"index": 1, "field": "value", "code": "not_finite", "message": "value must be a finite number (no NaN or Infinity)"}],
+                        "details": [
+                            {
+                                "index": 1,
+                                "field": "value",
+                                "code": "not_finite",
+                                "message": "value must be a finite number (no NaN or Infinity)",
+                            }
+                        ],
                     }
                 },
             ),
@@ -104,7 +118,9 @@ class PointsIngestView(APIView):
     def post(self, request: Request) -> Response:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            raise Rejected("body_too_large", f"The body exceeds {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.", status_code=413)
+            raise Rejected(
+                "body_too_large", f"The body exceeds {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.", status_code=413
+            )
         body = request.data
         if not isinstance(body, dict) or "points" not in body:
             raise Rejected("invalid_body", "The body must be an object with a 'points' array.")
@@ -117,7 +133,7 @@ def _time_param(request: Request, name: str, default: datetime) -> datetime:
     if raw is None:
         return default
     try:
-        return datetime.fromtimestamp(float(raw), tz=timezone.utc)
+        return datetime.fromtimestamp(float(raw), tz=UTC)
     except ValueError:
         pass
     except OverflowError:
@@ -147,9 +163,15 @@ class SeriesViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
     @extend_schema(
         summary="Raw points of a series",
         parameters=[
-            OpenApiParameter("from", OpenApiTypes.STR, description="Inclusive start, unix seconds or RFC 3339. Default: `to` - 1h."),
-            OpenApiParameter("to", OpenApiTypes.STR, description="Exclusive end, unix seconds or RFC 3339. Default: now."),
-            OpenApiParameter("limit", OpenApiTypes.INT, description="At most this many points (1-10000, default 1000)."),
+            OpenApiParameter(
+                "from", OpenApiTypes.STR, description="Inclusive start, unix seconds or RFC 3339. Default: `to` - 1h."
+            ),
+            OpenApiParameter(
+                "to", OpenApiTypes.STR, description="Exclusive end, unix seconds or RFC 3339. Default: now."
+            ),
+            OpenApiParameter(
+                "limit", OpenApiTypes.INT, description="At most this many points (1-10000, default 1000)."
+            ),
             OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"], description="Or `Accept: text/csv`."),
         ],
         responses={200: PointsPageSerializer, **ERROR_RESPONSES},

@@ -30,7 +30,9 @@ from config.settings.base import *  # noqa: E402,F403
 from config.settings.base import BASE_DIR, database_config, env  # noqa: E402
 
 ALLOWED_HOSTS = ["*"]
-DATABASES = {"default": database_config(env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '.run' / 'test.sqlite3'}"))}
+DATABASES = {
+    "default": database_config(env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '.run' / 'test.sqlite3'}"))
+}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="memory://")
 # Each test run gets its own key space in Redis, so parallel runs never consume each

@@ -19,7 +19,9 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
     required_scopes = {"GET": "admin", "HEAD": "admin", "OPTIONS": "admin", "POST": "admin", "DELETE": "admin"}
 
     @extend_schema(
-        summary="Issue an API key", request=ApiKeyCreateSerializer, responses={201: ApiKeyIssuedSerializer, **ERROR_RESPONSES}
+        summary="Issue an API key",
+        request=ApiKeyCreateSerializer,
+        responses={201: ApiKeyIssuedSerializer, **ERROR_RESPONSES},
     )
     def create(self, request: Request) -> Response:
         params = ApiKeyCreateSerializer(data=request.data)

@@ -17,7 +17,9 @@ class Command(BaseCommand):
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
         for name, spec in PERIODIC_TASKS.items():
-            interval, _ = IntervalSchedule.objects.get_or_create(every=spec["every_seconds"], period=IntervalSchedule.SECONDS)
+            interval, _ = IntervalSchedule.objects.get_or_create(
+                every=spec["every_seconds"], period=IntervalSchedule.SECONDS
+            )
             _, created = PeriodicTask.objects.update_or_create(
                 name=name,
                 defaults={"task": spec["task"], "interval": interval, "crontab": None, "enabled": True},

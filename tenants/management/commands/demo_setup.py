@@ -28,8 +28,12 @@ class Command(BaseCommand):
             user = user_model.objects.create_superuser("admin", "admin@example.com", "admin")
         services.membership_set(tenant=tenant, user=user, role=Membership.Role.OWNER)
         # One live demo key at a time: the previous run's key is revoked.
-        ApiKey.objects.filter(tenant=tenant, name=DEMO_KEY_NAME, revoked_at__isnull=True).update(revoked_at=timezone.now())
-        issued = services.api_key_create(tenant=tenant, name=DEMO_KEY_NAME, scopes=["ingest", "read", "admin"], created_by=user)
+        ApiKey.objects.filter(tenant=tenant, name=DEMO_KEY_NAME, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        issued = services.api_key_create(
+            tenant=tenant, name=DEMO_KEY_NAME, scopes=["ingest", "read", "admin"], created_by=user
+        )
         if key_file:
             with open(key_file, "w") as fh:
                 fh.write(issued.raw_key)

@@ -11,7 +11,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 NODES = ["web-1", "web-2", "db-1"]
-METRICS = {"cpu.usage": ("percent", 35.0, 20.0), "http.latency.p99": ("ms", 180.0, 60.0), "http.errors": ("count", 2.0, 1.5)}
+METRICS = {
+    "cpu.usage": ("percent", 35.0, 20.0),
+    "http.latency.p99": ("ms", 180.0, 60.0),
+    "http.errors": ("count", 2.0, 1.5),
+}
 
 
 class Command(BaseCommand):
@@ -36,7 +40,15 @@ class Command(BaseCommand):
                     if rng.random() < 0.01:
                         value *= 4  # an anomaly for the detectors to find
                     points.append(
-                        {"cluster": "demo", "node": node, "metric": metric, "unit": unit, "labels": {"env": "demo"}, "timestamp": now, "value": round(value, 3)}
+                        {
+                            "cluster": "demo",
+                            "node": node,
+                            "metric": metric,
+                            "unit": unit,
+                            "labels": {"env": "demo"},
+                            "timestamp": now,
+                            "value": round(value, 3),
+                        }
                     )
             request = urllib.request.Request(
                 f"{url}/api/v1/points",
