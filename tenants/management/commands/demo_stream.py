@@ -30,6 +30,7 @@ class Command(BaseCommand):
         with open(key_file) as fh:
             key = fh.read().strip()
         rng = random.Random()
+        self.wait_for_web(url)
         while True:
             now = time.time()
             phase = math.sin(2 * math.pi * (now % 86400) / 86400)
@@ -61,3 +62,12 @@ class Command(BaseCommand):
             except (urllib.error.URLError, OSError) as exc:  # the web server is still starting
                 self.stderr.write(f"demo stream: {exc}")
             time.sleep(interval)
+
+    def wait_for_web(self, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
