@@ -20,6 +20,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.viewsets import GenericViewSet
 
 from config.errors import Rejected
+from tenants.auth import request_tenant
 from tenants.models import Tenant
 
 
@@ -102,7 +103,7 @@ class TenantScopedViewSet(GenericViewSet):
 
     @property
     def tenant(self) -> Tenant:
-        return self.request.user.tenant  # type: ignore[union-attr]
+        return request_tenant(self.request)
 
     def get_queryset(self) -> QuerySet[Model]:
         queryset = super().get_queryset()

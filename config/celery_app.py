@@ -9,11 +9,6 @@ from django.db import InterfaceError, OperationalError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
-app = Celery("vigil")
-app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
-
-
 class VigilTask(Task):
     """Defaults for every Vigil task: bounded retries on transient errors, with jittered backoff.
 
@@ -30,4 +25,6 @@ class VigilTask(Task):
     max_retries = 5
 
 
-app.Task = VigilTask
+app = Celery("vigil", task_cls=VigilTask)
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

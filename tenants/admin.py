@@ -63,10 +63,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
             kwargs["form"] = ApiKeyCreateForm
         return super().get_form(request, obj, change=change, **kwargs)
 
-    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         return [*self.readonly_fields, "tenant"] if obj else []
 
-    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         return ["tenant", "name", "scopes"] if obj is None else ["tenant", "name", *self.readonly_fields]
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:

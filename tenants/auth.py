@@ -33,6 +33,13 @@ class KeyPrincipal:
         return self.api_key.tenant
 
 
+def request_tenant(request: Request) -> Tenant:
+    """The tenant of the key that authenticated `request` (HasScope guarantees there is one)."""
+    api_key = request.auth
+    assert isinstance(api_key, ApiKey)
+    return api_key.tenant
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 

@@ -28,6 +28,7 @@ from analytics.api.serializers import (
 from analytics.models import MetricSeries
 from config.api import ERROR_RESPONSES, TenantScopedViewSet
 from config.errors import Rejected
+from tenants.auth import request_tenant
 
 
 class LenientJSONParser(parsers.JSONParser):
@@ -124,7 +125,7 @@ class PointsIngestView(APIView):
         body = request.data
         if not isinstance(body, dict) or "points" not in body:
             raise Rejected("invalid_body", "The body must be an object with a 'points' array.")
-        result = services.points_ingest(tenant=request.user.tenant, points=body["points"])
+        result = services.points_ingest(tenant=request_tenant(request), points=body["points"])
         return Response(IngestResultSerializer(result).data, status=status.HTTP_200_OK)
 
 

@@ -154,7 +154,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 # Redis redelivers an unacked message after the visibility timeout: it must exceed the
 # hard time limit, or a slow but healthy task would run twice at once.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
 # Publishing happens after commit inside a request: fail fast when the broker is down
 # (the ingest outbox sweeper re-publishes) rather than hold the client for minutes.
 CELERY_TASK_PUBLISH_RETRY = True
