@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ MAX_LABELS = 32
 MAX_LABEL_VALUE = 200
 MAX_UNIT = 32
 FIELDS = frozenset({"cluster", "node", "metric", "labels", "unit", "timestamp", "value"})
+FLOAT_MAX = sys.float_info.max
 
 # (cluster, node, metric, sorted label pairs)
 SeriesKey = tuple[str, str, str, tuple[tuple[str, str], ...]]
@@ -84,13 +86,59 @@ def parse_points(items: list[Any], *, min_ts: float, max_ts: float) -> ParsedBat
     """
     batch = ParsedBatch()
     errors = batch.errors
+    rows_append = batch.rows.append
+    key_points = batch.key_points
     key_index: dict[SeriesKey, int] = {}
     good_names: set[str] = set()
+    # Addresses exactly as sent (labels in the client's order) that passed the full check,
+    # -> their key index. A batch repeats each address many times (10,000 points of 1,000
+    # series); a repeat costs one dict lookup here instead of three name checks, the label
+    # checks and a sort.
+    seen: dict[tuple[Any, Any, Any, tuple[tuple[Any, Any], ...]], int] = {}
+    isfinite = math.isfinite
 
     def bad(index: int, field_name: str | None, code: str, message: str) -> None:
         errors.append(PointError(index, field_name, code, message))
 
     for i, point in enumerate(items):
+        # Fast path: a known address, a numeric timestamp in the window, a finite number.
+        # Anything else, valid or not, takes the full check below, so the errors reported
+        # are exactly those of the full check.
+        if type(point) is dict and FIELDS.issuperset(point):
+            labels = point.get("labels")
+            try:
+                k = seen.get(
+                    (
+                        point.get("cluster"),
+                        point.get("node"),
+                        point.get("metric"),
+                        tuple(labels.items()) if labels else (),
+                    )
+                )
+            except (TypeError, AttributeError):  # unhashable names or label values, labels not an object
+                k = None
+            if k is not None:
+                sent_ts: Any = point.get("timestamp")
+                sent_value: Any = point.get("value")
+                sent_unit: Any = point.get("unit", "")
+                ts_kind = type(sent_ts)
+                value_kind = type(sent_value)
+                # Comparisons of int and float are exact in Python, so an int in range
+                # converts to float without overflow; NaN fails every comparison.
+                if (
+                    (ts_kind is float or ts_kind is int)
+                    and min_ts <= sent_ts <= max_ts
+                    and (
+                        (value_kind is float and isfinite(sent_value))
+                        or (value_kind is int and -FLOAT_MAX <= sent_value <= FLOAT_MAX)
+                    )
+                    and type(sent_unit) is str
+                    and len(sent_unit) <= MAX_UNIT
+                ):
+                    key_points[k].append(i)
+                    rows_append((k, float(sent_ts), float(sent_value)))
+                    continue
+
         if type(point) is not dict:
             bad(i, None, "not_an_object", "each point must be a JSON object")
             continue
@@ -123,7 +171,12 @@ def parse_points(items: list[Any], *, min_ts: float, max_ts: float) -> ParsedBat
                     if not LABEL_NAME_RE.match(name):
                         bad(i, "labels", "invalid_label_name", f"label name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
                     elif type(value) is not str or len(value) > MAX_LABEL_VALUE:
-                        bad(i, "labels", "invalid_label_value", f"label {name!r} must be a string of at most 200 characters")
+                        bad(
+                            i,
+                            "labels",
+                            "invalid_label_value",
+                            f"label {name!r} must be a string of at most 200 characters",
+                        )
                 label_pairs = tuple(sorted(labels.items()))
 
         unit = point.get("unit", "")
@@ -142,7 +195,12 @@ def parse_points(items: list[Any], *, min_ts: float, max_ts: float) -> ParsedBat
             else:
                 ts = parsed_ts  # type: ignore[assignment]
                 if not min_ts <= ts <= max_ts:
-                    bad(i, "timestamp", "out_of_range", "timestamp is outside the accepted window (raw retention .. now + skew)")
+                    bad(
+                        i,
+                        "timestamp",
+                        "out_of_range",
+                        "timestamp is outside the accepted window (raw retention .. now + skew)",
+                    )
 
         value = point.get("value")
         kind = type(value)
@@ -167,7 +225,8 @@ def parse_points(items: list[Any], *, min_ts: float, max_ts: float) -> ParsedBat
             k = key_index[key] = len(batch.keys)
             batch.keys.append(key)
             batch.units.append(unit)
-            batch.key_points.append([])
-        batch.key_points[k].append(i)
-        batch.rows.append((k, ts, value))  # type: ignore[arg-type]
+            key_points.append([])
+        seen[(address[0], address[1], address[2], tuple(labels.items()) if labels else ())] = k
+        key_points[k].append(i)
+        rows_append((k, ts, value))  # type: ignore[arg-type]
     return batch

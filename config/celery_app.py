@@ -9,6 +9,7 @@ from django.db import InterfaceError, OperationalError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
+
 class VigilTask(Task):
     """Defaults for every Vigil task: bounded retries on transient errors, with jittered backoff.
 

@@ -43,10 +43,17 @@ def test_overlapping_batches_with_new_series_never_deadlock_or_duplicate() -> No
     tenant = TenantFactory()
     now = time.time() - 60
     # Existing series, written by every batch (in a different order each time) ...
-    services.points_ingest(tenant=tenant, points=[{"cluster": "c", "node": f"n{i}", "metric": "m", "timestamp": now, "value": 0.0} for i in range(20)])
+    services.points_ingest(
+        tenant=tenant,
+        points=[{"cluster": "c", "node": f"n{i}", "metric": "m", "timestamp": now, "value": 0.0} for i in range(20)],
+    )
 
     def batch(seed: int) -> Any:
-        points = [{"cluster": "c", "node": f"n{i}", "metric": "m", "timestamp": now - s, "value": float(seed)} for i in range(20) for s in range(25)]
+        points = [
+            {"cluster": "c", "node": f"n{i}", "metric": "m", "timestamp": now - s, "value": float(seed)}
+            for i in range(20)
+            for s in range(25)
+        ]
         random.Random(seed).shuffle(points)
         # ... and half of them a series of their own, so they take the series-creation lock.
         if seed % 2:
@@ -65,7 +72,9 @@ def test_concurrent_requests_cannot_exceed_the_series_quota() -> None:
     now = time.time() - 60
 
     def batch(seed: int) -> Any:
-        points = [{"cluster": "c", "node": f"{seed}-{i}", "metric": "m", "timestamp": now, "value": 1.0} for i in range(2)]
+        points = [
+            {"cluster": "c", "node": f"{seed}-{i}", "metric": "m", "timestamp": now, "value": 1.0} for i in range(2)
+        ]
         return lambda: services.points_ingest(tenant=tenant, points=points)
 
     errors = run_concurrently([batch(seed) for seed in range(6)])

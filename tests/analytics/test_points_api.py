@@ -324,3 +324,10 @@ def test_anonymous_is_401(anonymous: APIClient, path: str) -> None:
 def test_write_verbs_on_series_are_405(owner: APIClient, fleet: None, make_client: Callable[..., APIClient]) -> None:
     series = MetricSeries.objects.first()
     assert owner.delete(f"/api/v1/series/{series.pk}").status_code == 405
+
+
+def test_a_body_over_the_size_limit_is_413_and_writes_nothing(owner: APIClient, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = post(owner, [point(timestamp=time.time() - i) for i in range(20)])
+    assert (response.status_code, response.json()["error"]["code"]) == (413, "body_too_large")
+    assert stored() == []
