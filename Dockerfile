@@ -39,4 +39,4 @@ EXPOSE 8000
 
 # gunicorn reads its worker count from WEB_CONCURRENCY. The heartbeat file goes to
 # /dev/shm: on a disk-backed /tmp the heartbeat's fchmod can stall a worker.
-CMD ["gunicorn", "config.wsgi:application", "--bind", "0.0.0.0:8000", "--worker-tmp-dir", "/dev/shm", "--access-logfile", "-"]
+CMD ["gunicorn", "--config", "python:config.gunicorn"]

@@ -73,11 +73,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--worker-class", choices=["gthread", "sync"], default="gthread", help="(default gthread)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="threads per gthread worker (default 2)")
-    parser.add_argument(
-        "--gc-freeze",
-        action="store_true",
-        help="gc.freeze() in each worker once the app is loaded (not what production runs; for comparison)",
-    )
     parser.add_argument("--copy-rounds", type=int, default=2, help="COPY runs per format, best kept (default 2)")
     parser.add_argument("--time-limit", type=int, default=600, help="abort after this many seconds (default 600)")
     parser.add_argument("--database", default="vigil_bench", help="dropped and re-created (default vigil_bench)")
@@ -220,8 +215,10 @@ def free_port() -> int:
 
 def server_start(args: argparse.Namespace, env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "gunicorn", "config.wsgi:application",
+        # The production configuration (config/gunicorn.py), sized and bound for the bench.
+        sys.executable, "-m", "gunicorn", "--config", "python:config.gunicorn",
         "--bind", f"{HOST}:{port}",
+        "--access-logfile", "/dev/null",
         # gthread keeps connections alive (the sync worker closes each after its response)
         # and overlaps one request's Python with another's wait on PostgreSQL.
         "--worker-class", args.worker_class,
@@ -229,16 +226,9 @@ def server_start(args: argparse.Namespace, env: dict[str, str], port: int, log: 
         "--threads", str(args.threads),
         "--keep-alive", "120",  # clients sit idle at the start barrier; keep their connections
         "--timeout", "120",
-        "--worker-tmp-dir", "/dev/shm",  # as in the Dockerfile
         "--log-level", "warning",
         "--error-logfile", str(log),
     ]  # fmt: skip
-    if args.gc_freeze:
-        # Moves the loaded application out of the collector's sight, so a full collection
-        # walks only the objects of the requests in flight.
-        config = log.with_name("gunicorn_gc_freeze.py")
-        config.write_text("import gc\n\n\ndef post_worker_init(worker):\n    gc.freeze()\n")
-        command += ["--config", str(config)]
     # A session of its own: stopping gunicorn signals its process group, never this one.
     process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -501,7 +491,6 @@ def main() -> int:
     latencies = sorted(latency for report in reports for latency in report[4])
     accepted = sum(report[3] for report in reports)
     workers = f"{args.workers} x {args.threads} threads" if args.worker_class == "gthread" else f"{args.workers}"
-    workers += ", gc.freeze()" if args.gc_freeze else ""
     print(
         f"ingest: {args.clients} clients, gunicorn {args.worker_class} workers {workers}: {seconds:.2f} s, "
         f"{ingest_pps:,.0f} points/s; per request p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "

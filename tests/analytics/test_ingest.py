@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from analytics.ingest import parse_points
+from analytics.ingest import ParsedBatch, decode_points, parse_points
 
 NOW = 1_800_000_000.0
 WINDOW = {"min_ts": NOW - 7 * 86400, "max_ts": NOW + 300}
@@ -17,29 +17,61 @@ def point(**overrides: Any) -> dict[str, Any]:
     return {"cluster": "c1", "node": "n1", "metric": "cpu", "timestamp": NOW, "value": 1.0} | overrides
 
 
+def fast(items: Any, max_points: int = 10_000) -> ParsedBatch | None:
+    return decode_points(json.dumps({"points": items}).encode(), max_points=max_points, **WINDOW)
+
+
 def codes(items: list[Any]) -> list[tuple[int, str | None, str]]:
-    return [(e.index, e.field, e.code) for e in parse_points(items, **WINDOW).errors]
+    """The exact path's errors; the fast path must decline exactly when there are any."""
+    errors = [(e.index, e.field, e.code) for e in parse_points(items, **WINDOW).errors]
+    assert (fast(items) is None) == bool(errors), "the fast path must decline exactly the invalid batches"
+    return errors
+
+
+def columns(batch: ParsedBatch | None) -> tuple[Any, ...]:
+    assert batch is not None
+    return batch.keys, batch.units, batch.key_of, batch.ts, batch.values
 
 
 def test_valid_points_are_grouped_by_series_in_request_order() -> None:
-    batch = parse_points(
-        [point(value=1), point(node="n2", value=2), point(value=3, timestamp=NOW + 1, labels={"b": "2", "a": "1"})],
-        **WINDOW,
-    )
+    items = [point(value=1), point(node="n2", value=2), point(value=3, timestamp=NOW + 1, labels={"b": "2", "a": "1"})]
+    batch = parse_points(items, **WINDOW)
     assert batch.errors == []
     assert batch.keys == [
         ("c1", "n1", "cpu", ()),
         ("c1", "n2", "cpu", ()),
         ("c1", "n1", "cpu", (("a", "1"), ("b", "2"))),
     ]
-    assert batch.rows == [(0, NOW, 1.0), (1, NOW, 2.0), (2, NOW + 1, 3.0)]
+    assert (batch.key_of, batch.ts, batch.values) == ([0, 1, 2], [NOW, NOW, NOW + 1], [1.0, 2.0, 3.0])
+    assert columns(fast(items)) == columns(batch)
+
+
+def test_fast_path_merges_label_orders_and_keeps_the_first_unit() -> None:
+    items = [
+        point(labels={"a": "1", "b": "2"}, unit="ms"),
+        point(node="x"),
+        point(labels={"b": "2", "a": "1"}, unit="s"),
+    ]
+    assert columns(fast(items)) == columns(parse_points(items, **WINDOW))
+    assert columns(fast(items))[2] == [0, 1, 0]
+
+
+def test_fast_path_declines_more_points_than_allowed() -> None:
+    assert fast([point(), point()], max_points=1) is None
+    assert fast([point()], max_points=1) is not None
+
+
+@pytest.mark.parametrize("body", [b"[]", b'{"points": {}}', b'{"pts": []}', b'{"points": [', b"\xff"])
+def test_fast_path_declines_bodies_of_the_wrong_shape(body: bytes) -> None:
+    assert decode_points(body, max_points=10, **WINDOW) is None
 
 
 def test_rfc3339_and_unix_seconds_are_the_same_instant() -> None:
-    batch = parse_points(
-        [point(timestamp="2027-01-15T08:00:00Z"), point(timestamp="2027-01-15T09:00:00+01:00")], min_ts=0, max_ts=2e9
-    )
-    assert batch.rows[0][1] == batch.rows[1][1] == 1_800_000_000.0
+    items = [point(timestamp="2027-01-15T08:00:00Z"), point(timestamp="2027-01-15T09:00:00+01:00")]
+    body = json.dumps({"points": items}).encode()
+    for batch in (parse_points(items, min_ts=0, max_ts=2e9), decode_points(body, min_ts=0, max_ts=2e9, max_points=2)):
+        assert batch is not None
+        assert batch.ts == [1_800_000_000.0, 1_800_000_000.0]
 
 
 # The JSON text as a client sends it: Python's json module reads NaN/Infinity literals and

@@ -331,3 +331,17 @@ def test_a_body_over_the_size_limit_is_413_and_writes_nothing(owner: APIClient, 
     response = post(owner, [point(timestamp=time.time() - i) for i in range(20)])
     assert (response.status_code, response.json()["error"]["code"]) == (413, "body_too_large")
     assert stored() == []
+
+
+def test_a_body_that_is_not_json_is_415(owner: APIClient) -> None:
+    response = owner.generic("POST", "/api/v1/points", "points=1", content_type="application/x-www-form-urlencoded")
+    assert (response.status_code, response.json()["error"]["code"]) == (415, "unsupported_media_type")
+
+
+def test_labels_in_any_order_address_the_same_series(owner: APIClient) -> None:
+    ts = time.time() - 10
+    body = post(
+        owner, [point(labels={"a": "1", "b": "2"}, timestamp=ts), point(labels={"b": "2", "a": "1"}, timestamp=ts + 1)]
+    )
+    assert body.json()["series_created"] == 1
+    assert len(stored()) == 2

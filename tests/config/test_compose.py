@@ -160,8 +160,10 @@ def test_beat_schedules_from_the_database(services: dict[str, dict[str, Any]]) -
 
 def test_web_serves_gunicorn_on_8000_and_probes_healthz_without_curl(services: dict[str, dict[str, Any]]) -> None:
     web = services["web"]
-    assert web["command"][:2] == ["gunicorn", "config.wsgi:application"]
-    assert web["command"][web["command"].index("--bind") + 1] == "0.0.0.0:8000"
+    assert web["command"] == ["gunicorn", "--config", "python:config.gunicorn"]
+    from config import gunicorn
+
+    assert (gunicorn.wsgi_app, gunicorn.bind) == ("config.wsgi:application", "0.0.0.0:8000")
     assert any(str(port).endswith(":8000") for port in web["ports"])
     probe = " ".join(web["healthcheck"]["test"])
     assert "curl" not in probe
