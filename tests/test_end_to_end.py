@@ -52,6 +52,7 @@ def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[sub
         "VIGIL_TEST_KEYPREFIX": settings.VIGIL_TEST_KEYPREFIX,
     }
     queues = ",".join(settings.VIGIL_QUEUES)
+    (ROOT / ".run").mkdir(exist_ok=True)
     log = open(ROOT / ".run" / "e2e-worker.log", "wb")  # noqa: SIM115 - closed at teardown
     worker = subprocess.Popen(
         [
