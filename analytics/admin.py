@@ -27,3 +27,7 @@ class IngestBatchAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: IngestBatch | None = None) -> bool:
         return False
+
+
+# Rollup, like Point, is not registered: Django 5.2's admin refuses models with a composite
+# primary key (AdminSite.register raises ImproperlyConfigured).

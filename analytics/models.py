@@ -108,3 +108,72 @@ class IngestBatch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.points} points at {self.received_at:%Y-%m-%d %H:%M:%S} ({self.status})"
+
+
+class Rollup(models.Model):
+    """Statistics of one series over one time bucket, computed from the raw points.
+
+    Keyed by (series, resolution, bucket), no surrogate id: one row per series per minute is
+    the biggest table after the points. Buckets are aligned to the Unix epoch in UTC
+    (floor(ts / resolution) * resolution) and cover [bucket, bucket + resolution).
+    Written only by `analytics.rollups.rollups_refresh`, which recomputes buckets from raw
+    points and rewrites a row only when a value changed.
+
+    `stddev` is the *sample* standard deviation (n - 1 in the denominator; PostgreSQL's
+    stddev_samp, pandas' default), so it is NULL for a bucket of one point. Percentiles are
+    exact, interpolated linearly between the closest ranks (PostgreSQL's percentile_cont,
+    numpy's default 'linear' method). `first` and `last` are the values of the oldest and the
+    newest point of the bucket.
+
+    `revised_at` is NULL for a bucket computed once; it is set (with `computed_at`) each time
+    a recomputation changed the bucket's values, i.e. late data arrived after it was rolled up.
+    """
+
+    class Resolution(models.IntegerChoices):
+        MINUTE = 60, "1 minute"
+        FIVE_MINUTES = 300, "5 minutes"
+        HOUR = 3600, "1 hour"
+
+    # Serves every read: a series' buckets at one resolution over a time range, newest first
+    # or oldest first (rollup charts, detection windows, the catch-up's "newest bucket"
+    # probe), and is the upsert's conflict target.
+    pk = models.CompositePrimaryKey("series", "resolution", "bucket")
+    # No separate index: the primary key leads with it. No database foreign key, as for Point:
+    # rollups are derived data written in bulk by INSERT ... SELECT from the points (which have
+    # none either); a constraint would be checked for every upserted row, and a series deleted
+    # while a refresh runs would fail the whole multi-series statement rather than leave a row
+    # the next delete sweeps. Deleting a series still deletes its rollups (Django's CASCADE).
+    series = models.ForeignKey(
+        MetricSeries, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    resolution = models.PositiveSmallIntegerField(choices=Resolution.choices)
+    bucket = models.DateTimeField()
+    count = models.PositiveIntegerField()
+    sum = models.FloatField()
+    min = models.FloatField()
+    max = models.FloatField()
+    mean = models.FloatField()
+    stddev = models.FloatField(null=True, blank=True)
+    p50 = models.FloatField()
+    p90 = models.FloatField()
+    p95 = models.FloatField()
+    p99 = models.FloatField()
+    first = models.FloatField()
+    last = models.FloatField()
+    computed_at = models.DateTimeField()
+    revised_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # Serves "what was revised since t" (rollups_revised_since): resolution = ANY(...)
+            # AND revised_at >= t. Partial: only revised buckets are indexed, a small fraction
+            # of the table, so the index costs nothing on the insert path of fresh buckets.
+            models.Index(
+                fields=["resolution", "revised_at"],
+                name="rollup_revised_idx",
+                condition=models.Q(revised_at__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.series_id}@{self.bucket.isoformat()}/{self.resolution}s n={self.count}"

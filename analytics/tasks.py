@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from celery import shared_task
 
-from analytics import partitions, services
-from analytics.models import IngestBatch
+from analytics import partitions, rollups, services
+from analytics.models import IngestBatch, MetricSeries
 
 
 @shared_task(acks_late=True)
@@ -35,3 +37,28 @@ def point_partitions_ensure() -> list[str]:
     return partitions.partitions_ensure(
         today + timedelta(days=n) for n in range(settings.VIGIL_PARTITIONS_AHEAD_DAYS + 1)
     )
+
+
+@shared_task(acks_late=True)
+def rollups_refresh(series_ids: list[int], start_iso: str, end_iso: str) -> int:
+    """Recompute the rollups of `series_ids` over [start, end] (ISO 8601; naive means UTC).
+
+    Idempotent (recomputed from raw points, rows rewritten only when a value differs), so
+    acks_late. Series deleted since the message was sent are dropped; none left, nothing done.
+    """
+    existing = list(MetricSeries.objects.filter(pk__in=series_ids).values_list("pk", flat=True))
+    if not existing:
+        return 0
+    return rollups.rollups_refresh(series_ids=existing, start=_aware(start_iso), end=_aware(end_iso))
+
+
+@shared_task(acks_late=True)
+def rollups_catch_up() -> int:
+    """Periodic: enqueue refreshes, in shards, for series whose newest points have no rollup
+    (a lost refresh message). Enqueues duplicates at worst, which the refresh absorbs."""
+    return rollups.rollups_catch_up()
+
+
+def _aware(iso: str) -> datetime:
+    parsed = datetime.fromisoformat(iso)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

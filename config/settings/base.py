@@ -139,6 +139,8 @@ CELERY_TASK_ROUTES = {
     "analytics.tasks.ingest_batch_process": {"queue": "ingest"},
     "analytics.tasks.ingest_batches_sweep": {"queue": "ingest"},
     "analytics.tasks.point_partitions_ensure": {"queue": "ingest"},
+    "analytics.tasks.rollups_refresh": {"queue": "rollup"},
+    "analytics.tasks.rollups_catch_up": {"queue": "rollup"},
 }
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
