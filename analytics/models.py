@@ -97,6 +97,10 @@ class IngestBatch(models.Model):
     last_ts = models.DateTimeField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # Set once the rollups of the batch's series over [first_ts, last_ts] are refreshed: the
+    # second outbox stage (the sweeper re-publishes batches processed but not rolled up), and
+    # retention keeps raw points a batch still has to roll up.
+    rolled_up_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
@@ -104,6 +108,12 @@ class IngestBatch(models.Model):
         indexes = [
             # Serves the sweeper: pending batches older than N seconds.
             models.Index(fields=["status", "received_at"], name="batch_status_received_idx"),
+            # Serves the sweeper's second stage and retention: batches not yet rolled up.
+            models.Index(
+                fields=["received_at"],
+                name="batch_unrolled_idx",
+                condition=models.Q(rolled_up_at__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:

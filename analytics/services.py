@@ -17,7 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone as dj_timezone
 
-from analytics import partitions
+from analytics import partitions, rollups
 from analytics.ingest import ParsedBatch, PointError, SeriesKey, decode_points, parse_points
 from analytics.models import IngestBatch, MetricSeries, Point, series_identity
 from config.errors import Rejected
@@ -276,19 +276,24 @@ def ingest_batch_publish(*, batch_id: UUID) -> None:
     """Hand a committed batch to the pipeline. Never raises: a lost publish is swept later."""
     from analytics.tasks import ingest_batch_process
 
+    _publish(ingest_batch_process, batch_id)
+
+
+def _publish(task: Any, batch_id: UUID) -> None:
     try:
-        ingest_batch_process.delay(str(batch_id))
-    except Exception:  # the broker is down or unreachable; the batch stays pending
-        logger.warning("could not publish ingest batch %s; the sweeper will retry", batch_id, exc_info=True)
+        task.delay(str(batch_id))
+    except Exception:  # the broker is down or unreachable; the outbox row stays due
+        logger.warning("could not publish %s for batch %s; the sweeper will retry", task.name, batch_id, exc_info=True)
 
 
 def ingest_batch_process(*, batch: IngestBatch) -> bool:
-    """Run the pipeline for one ingest batch; returns False when it was already processed.
+    """Run the first pipeline stage for one ingest batch; returns False when it was already done.
 
-    Today: refreshes `last_point_at` of the touched series from the stored points (so it is
-    correct whatever order batches arrive in). Rollups, detection and alert evaluation hang
-    here. Idempotent: recomputed from data, and the PENDING -> PROCESSED claim is a
-    conditional update, so a redelivered message does nothing.
+    Refreshes `last_point_at` of the touched series from the stored points (correct whatever
+    order batches arrive in), marks the batch processed and, after commit, hands it to the
+    rollup stage on its own queue. Detection and alert evaluation hang here later.
+    Idempotent: recomputed from data, and the PENDING -> PROCESSED claim is a conditional
+    update, so a redelivered message does nothing.
     """
     if batch.status == IngestBatch.Status.PROCESSED:
         return False
@@ -300,25 +305,52 @@ def ingest_batch_process(*, batch: IngestBatch) -> bool:
         claimed = IngestBatch.objects.filter(pk=batch.pk, status=IngestBatch.Status.PENDING).update(
             status=IngestBatch.Status.PROCESSED, processed_at=dj_timezone.now()
         )
+        if claimed:
+            transaction.on_commit(lambda: ingest_batch_roll_up_publish(batch_id=batch.pk))
     return bool(claimed)
 
 
-def ingest_batches_sweep(*, older_than: timedelta | None = None, limit: int = 1000) -> int:
-    """Re-publish batches still pending after `older_than` (a lost message, a killed worker).
+def ingest_batch_roll_up_publish(*, batch_id: UUID) -> None:
+    """Hand a processed batch to the rollup stage. Never raises: a lost publish is swept later."""
+    from analytics.tasks import ingest_batch_roll_up
 
-    Returns how many were re-published. Safe to overlap with a slow first delivery: the
-    processing is idempotent.
+    _publish(ingest_batch_roll_up, batch_id)
+
+
+def ingest_batch_roll_up(*, batch: IngestBatch) -> bool:
+    """Refresh the rollups the batch touched; returns False when they already were.
+
+    Recomputes every 1m/5m/1h bucket of the batch's series overlapping [first_ts, last_ts]
+    from the raw points (late points revise their buckets), then stamps `rolled_up_at` with
+    a conditional update. Idempotent: a second run recomputes identical rows and claims
+    nothing.
+    """
+    if batch.rolled_up_at is not None:
+        return False
+    rollups.rollups_refresh(series_ids=batch.series_ids, start=batch.first_ts, end=batch.last_ts)
+    return bool(
+        IngestBatch.objects.filter(pk=batch.pk, rolled_up_at__isnull=True).update(rolled_up_at=dj_timezone.now())
+    )
+
+
+def ingest_batches_sweep(*, older_than: timedelta | None = None, limit: int = 1000) -> int:
+    """Re-publish batches stuck in a pipeline stage for longer than `older_than` (a lost
+    message, a killed worker): still pending, or processed but not rolled up.
+
+    Returns how many were re-published. Safe to overlap with a slow first delivery: every
+    stage is idempotent.
     """
     older_than = older_than or timedelta(seconds=settings.VIGIL_INGEST_SWEEP_AFTER_SECONDS)
     cutoff = dj_timezone.now() - older_than
-    stale = list(
-        IngestBatch.objects.filter(status=IngestBatch.Status.PENDING, received_at__lt=cutoff)
-        .order_by("received_at")
-        .values_list("pk", flat=True)[:limit]
-    )
-    if not stale:
-        return 0
-    IngestBatch.objects.filter(pk__in=stale).update(attempts=F("attempts") + 1)
-    for batch_id in stale:
-        ingest_batch_publish(batch_id=batch_id)
-    return len(stale)
+    stuck = IngestBatch.objects.filter(received_at__lt=cutoff).order_by("received_at")
+    stages = [
+        (stuck.filter(status=IngestBatch.Status.PENDING), ingest_batch_publish),
+        (stuck.filter(status=IngestBatch.Status.PROCESSED, rolled_up_at__isnull=True), ingest_batch_roll_up_publish),
+    ]
+    # Both stages are read before anything is published, so a batch is swept once a run.
+    due = [(list(queryset.values_list("pk", flat=True)[:limit]), publish) for queryset, publish in stages]
+    for ids, publish in due:
+        IngestBatch.objects.filter(pk__in=ids).update(attempts=F("attempts") + 1)
+        for batch_id in ids:
+            publish(batch_id=batch_id)
+    return sum(len(ids) for ids, _ in due)

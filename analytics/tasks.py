@@ -20,6 +20,15 @@ def ingest_batch_process(batch_id: str) -> None:
 
 
 @shared_task(acks_late=True)
+def ingest_batch_roll_up(batch_id: str) -> None:
+    """Rollup stage for one processed ingest batch. Idempotent (see the service), so acks_late."""
+    batch = IngestBatch.objects.filter(pk=batch_id).first()
+    if batch is None:
+        return
+    services.ingest_batch_roll_up(batch=batch)
+
+
+@shared_task(acks_late=True)
 def ingest_batches_sweep() -> int:
     """Periodic: re-publish ingest batches whose pipeline message was lost."""
     return services.ingest_batches_sweep()

@@ -21,7 +21,7 @@ import pytest
 from django.conf import settings
 
 from analytics import services
-from analytics.models import IngestBatch, MetricSeries
+from analytics.models import IngestBatch, MetricSeries, Rollup
 from config.celery_app import app as celery_app
 from tenants import services as tenant_services
 from tests.tenants.factories import TenantFactory
@@ -120,6 +120,15 @@ def test_points_posted_over_http_are_processed_by_the_worker(live_server: Any, c
     assert batch.attempts == 0
     series = MetricSeries.objects.get(tenant=tenant)
     assert abs(series.last_point_at.timestamp() - now) < 1e-3
+
+    # The rollup stage runs on its own queue, on the same worker here.
+    wait_for(
+        lambda: IngestBatch.objects.filter(pk=result["batch_id"], rolled_up_at__isnull=False).exists(),
+        what="the worker to roll the batch up",
+    )
+    hourly = Rollup.objects.filter(series=series, resolution=Rollup.Resolution.HOUR)
+    assert sum(r.count for r in hourly) == 100
+    assert Rollup.objects.filter(series=series, resolution=Rollup.Resolution.MINUTE).count() >= 2
 
 
 def test_a_lost_pipeline_message_is_recovered_by_the_sweeper(

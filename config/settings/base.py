@@ -137,6 +137,7 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379
 CELERY_TASK_DEFAULT_QUEUE = "ingest"
 CELERY_TASK_ROUTES = {
     "analytics.tasks.ingest_batch_process": {"queue": "ingest"},
+    "analytics.tasks.ingest_batch_roll_up": {"queue": "rollup"},
     "analytics.tasks.ingest_batches_sweep": {"queue": "ingest"},
     "analytics.tasks.point_partitions_ensure": {"queue": "ingest"},
     "analytics.tasks.rollups_refresh": {"queue": "rollup"},
