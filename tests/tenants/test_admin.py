@@ -52,3 +52,20 @@ def test_revoke_action(operator: Client, tenant: Tenant) -> None:
     operator.post("/admin/tenants/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
     key.refresh_from_db()
     assert key.revoked_at is not None
+
+
+def test_series_page_shows_its_newest_rollups(operator: Client, tenant: Tenant) -> None:
+    import time
+
+    from analytics import services
+
+    result = services.points_ingest(
+        tenant=tenant,
+        points=[{"cluster": "c", "node": "n", "metric": "m", "timestamp": time.time() - 5, "value": 42.5}],
+    )
+    batch = IngestBatch.objects.get(pk=result.batch_id)
+    services.ingest_batch_roll_up(batch=batch)
+    series = MetricSeries.objects.get(tenant=tenant)
+    page = operator.get(f"/admin/analytics/metricseries/{series.pk}/change/").content.decode()
+    assert "Newest rollups" in page
+    assert "1 minute" in page and "1 hour" in page and "42.5" in page
