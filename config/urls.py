@@ -5,7 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from analytics.api.views import PointsIngestView, SeriesViewSet
+from analytics.api.views import PointsIngestView, SeriesQueryViewSet, SeriesViewSet
 from tenants.api.views import ApiKeyViewSet
 
 router = SimpleRouter(trailing_slash=False)
@@ -15,6 +15,7 @@ router.register("keys", ApiKeyViewSet, basename="keys")
 
 api_v1 = [
     path("points", PointsIngestView.as_view(), name="points-ingest"),
+    path("query", SeriesQueryViewSet.as_view({"get": "query_range"}), name="series-query"),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path(
         "docs",
