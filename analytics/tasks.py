@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from celery import shared_task
 
-from analytics import partitions, rollups, services
+from analytics import retention, rollups, services
 from analytics.models import IngestBatch, MetricSeries
 
 
@@ -35,20 +35,6 @@ def ingest_batches_sweep() -> int:
 
 
 @shared_task(acks_late=True)
-def point_partitions_ensure() -> list[str]:
-    """Periodic: create raw-point partitions ahead of time (PostgreSQL; a no-op elsewhere)."""
-    from datetime import timedelta
-
-    from django.conf import settings
-    from django.utils import timezone
-
-    today = timezone.now().date()
-    return partitions.partitions_ensure(
-        today + timedelta(days=n) for n in range(settings.VIGIL_PARTITIONS_AHEAD_DAYS + 1)
-    )
-
-
-@shared_task(acks_late=True)
 def rollups_refresh(series_ids: list[int], start_iso: str, end_iso: str) -> int:
     """Recompute the rollups of `series_ids` over [start, end] (ISO 8601; naive means UTC).
 
@@ -66,6 +52,24 @@ def rollups_catch_up() -> int:
     """Periodic: enqueue refreshes, in shards, for series whose newest points have no rollup
     (a lost refresh message). Enqueues duplicates at worst, which the refresh absorbs."""
     return rollups.rollups_catch_up()
+
+
+@shared_task(acks_late=True)
+def retention_enforce() -> dict[str, object]:
+    """Periodic: apply every tenant's raw and rollup retention (analytics.retention): create
+    partitions ahead, drop expired ones, delete the rest in batches within a time budget.
+
+    Idempotent (every decision is re-read from data; what is gone stays gone), so acks_late;
+    a run cut short by its budget or a redelivery just leaves work for the next one.
+    """
+    report = retention.retention_enforce()
+    return {
+        "partitions_created": list(report.partitions_created),
+        "partitions_dropped": list(report.partitions_dropped),
+        "points_deleted": report.points_deleted,
+        "rollups_deleted": report.rollups_deleted,
+        "complete": report.complete,
+    }
 
 
 def _aware(iso: str) -> datetime:

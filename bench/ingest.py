@@ -4,7 +4,7 @@ Everything runs on 127.0.0.1:
 
 1. Drops and re-creates the database `vigil_bench`, migrates it, creates a tenant and an
    ingest key, and creates the day partitions the points fall into (in production the
-   periodic `point_partitions_ensure` task creates them ahead of time).
+   periodic `retention_enforce` task creates them ahead of time).
 2. Builds every request body before timing, so client-side JSON encoding is not measured:
    batches of `--batch-size` points spread round-robin over `--series` series, each series
    getting a new timestamp every 10 s, so no point overwrites another.

@@ -17,6 +17,6 @@ class Periodic(TypedDict):
 
 PERIODIC_TASKS: dict[str, Periodic] = {
     "vigil.ingest-batches-sweep": {"task": "analytics.tasks.ingest_batches_sweep", "every_seconds": 60},
-    "vigil.point-partitions-ensure": {"task": "analytics.tasks.point_partitions_ensure", "every_seconds": 3600},
     "vigil.rollups-catch-up": {"task": "analytics.tasks.rollups_catch_up", "every_seconds": 60},
+    "vigil.retention-enforce": {"task": "analytics.tasks.retention_enforce", "every_seconds": 3600},
 }

@@ -139,9 +139,9 @@ CELERY_TASK_ROUTES = {
     "analytics.tasks.ingest_batch_process": {"queue": "ingest"},
     "analytics.tasks.ingest_batch_roll_up": {"queue": "rollup"},
     "analytics.tasks.ingest_batches_sweep": {"queue": "ingest"},
-    "analytics.tasks.point_partitions_ensure": {"queue": "ingest"},
     "analytics.tasks.rollups_refresh": {"queue": "rollup"},
     "analytics.tasks.rollups_catch_up": {"queue": "rollup"},
+    "analytics.tasks.retention_enforce": {"queue": "rollup"},
 }
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
