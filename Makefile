@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+	$(PY) bench/rollup.py
 
 lint: $(STAMP)  # ruff and mypy, both clean
 	$(PY) -m ruff check .
