@@ -19,7 +19,7 @@ from django.utils import timezone as dj_timezone
 
 from analytics import partitions, rollups
 from analytics.ingest import ParsedBatch, PointError, SeriesKey, decode_points, parse_points
-from analytics.models import IngestBatch, MetricSeries, Point, series_identity
+from analytics.models import IngestBatch, MetricSeries, Point, Rollup, series_identity
 from config.errors import Rejected
 from tenants.models import Tenant
 
@@ -93,6 +93,8 @@ def _store(*, tenant: Tenant, batch: ParsedBatch) -> IngestResult:
     partitions.partitions_ensure(partitions.days_between(first_ts, last_ts))
     with transaction.atomic():
         series_ids, created = _series_resolve(tenant=tenant, batch=batch)
+        if first_ts < dj_timezone.now().timestamp() - settings.VIGIL_ROLLUP_LATENESS_SECONDS:
+            _refuse_too_late(batch, series_ids)
         _points_write(batch, series_ids)
         ingest_batch = IngestBatch.objects.create(
             tenant=tenant,
@@ -112,6 +114,38 @@ def _reject(errors: list[PointError], total: int) -> None:
         f"{bad_points} of {total} points are invalid; nothing was written.",
         [e.as_dict() for e in errors],
     )
+
+
+def _refuse_too_late(batch: ParsedBatch, series_ids: list[int]) -> None:
+    """Refuse points older than the lateness window whose hour is already rolled up.
+
+    Within the window a late point revises its buckets (rollups are refreshed from raw
+    points). Beyond it, like samples outside Prometheus' out-of-order window, it is refused:
+    storing it without re-aggregating would leave rollups that disagree with the raw data.
+    A point for an hour with no rollup yet (a backfill) is accepted whatever its age.
+    """
+    horizon = dj_timezone.now().timestamp() - settings.VIGIL_ROLLUP_LATENESS_SECONDS
+    late = [(i, series_ids[batch.key_of[i]], int(ts // 3600) * 3600) for i, ts in enumerate(batch.ts) if ts < horizon]
+    hours = {datetime.fromtimestamp(hour, tz=UTC) for _, _, hour in late}
+    rolled_up = {
+        (series_id, bucket.timestamp())
+        for series_id, bucket in Rollup.objects.filter(
+            series_id__in={sid for _, sid, _ in late}, resolution=Rollup.Resolution.HOUR, bucket__in=hours
+        ).values_list("series_id", "bucket")
+    }
+    window = settings.VIGIL_ROLLUP_LATENESS_SECONDS
+    errors = [
+        PointError(
+            i,
+            "timestamp",
+            "too_late",
+            f"this hour is already rolled up and the point is older than the {window} s lateness window",
+        )
+        for i, sid, hour in late
+        if (sid, float(hour)) in rolled_up
+    ]
+    if errors:
+        _reject(errors, len(batch.ts))
 
 
 def _series_resolve(*, tenant: Tenant, batch: ParsedBatch) -> tuple[list[int], int]:

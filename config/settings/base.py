@@ -170,6 +170,9 @@ CELERY_TIMEZONE = "UTC"
 # --- Vigil ------------------------------------------------------------------------------
 # How far in the future a point's timestamp may lie (clock skew allowance).
 VIGIL_INGEST_MAX_FUTURE_SECONDS = env.int("VIGIL_INGEST_MAX_FUTURE_SECONDS", default=300)
+# A late point older than this may not change an hour that is already rolled up (it is
+# refused per point); within it, late points revise their buckets.
+VIGIL_ROLLUP_LATENESS_SECONDS = env.int("VIGIL_ROLLUP_LATENESS_SECONDS", default=3600)
 # An ingest batch not processed after this long is re-published by the sweeper.
 VIGIL_INGEST_SWEEP_AFTER_SECONDS = env.int("VIGIL_INGEST_SWEEP_AFTER_SECONDS", default=120)
 # Raw point partitions (PostgreSQL) are created this many days ahead.

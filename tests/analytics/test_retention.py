@@ -33,6 +33,13 @@ from tests.tenants.factories import TenantFactory
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture(autouse=True)
+def _late_data_allowed(settings: Any) -> None:
+    """These tests write late points into rolled-up hours days back on purpose: a window
+    that admits them (tests/analytics/test_lateness.py covers the refusal beyond it)."""
+    settings.VIGIL_ROLLUP_LATENESS_SECONDS = 400 * 86400
+
 TODAY = datetime.now(UTC).date()
 MIDNIGHT = datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC)
 NOW = MIDNIGHT + timedelta(hours=13, minutes=30)

@@ -28,6 +28,13 @@ from tests.tenants.factories import TenantFactory
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture(autouse=True)
+def _late_data_allowed(settings: Any) -> None:
+    """These tests write late points into rolled-up hours days back on purpose: a window
+    that admits them (tests/analytics/test_lateness.py covers the refusal beyond it)."""
+    settings.VIGIL_ROLLUP_LATENESS_SECONDS = 400 * 86400
+
 Key = tuple[int, int, datetime]  # (series_id, resolution, bucket)
 MINUTE, FIVE, HOUR = 60, 300, 3600
 
