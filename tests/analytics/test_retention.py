@@ -40,6 +40,7 @@ def _late_data_allowed(settings: Any) -> None:
     that admits them (tests/analytics/test_lateness.py covers the refusal beyond it)."""
     settings.VIGIL_ROLLUP_LATENESS_SECONDS = 400 * 86400
 
+
 TODAY = datetime.now(UTC).date()
 MIDNIGHT = datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC)
 NOW = MIDNIGHT + timedelta(hours=13, minutes=30)

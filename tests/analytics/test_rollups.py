@@ -35,6 +35,7 @@ def _late_data_allowed(settings: Any) -> None:
     that admits them (tests/analytics/test_lateness.py covers the refusal beyond it)."""
     settings.VIGIL_ROLLUP_LATENESS_SECONDS = 400 * 86400
 
+
 Key = tuple[int, int, datetime]  # (series_id, resolution, bucket)
 MINUTE, FIVE, HOUR = 60, 300, 3600
 
