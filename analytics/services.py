@@ -93,8 +93,7 @@ def _store(*, tenant: Tenant, batch: ParsedBatch) -> IngestResult:
     partitions.partitions_ensure(partitions.days_between(first_ts, last_ts))
     with transaction.atomic():
         series_ids, created = _series_resolve(tenant=tenant, batch=batch)
-        if first_ts < dj_timezone.now().timestamp() - settings.VIGIL_ROLLUP_LATENESS_SECONDS:
-            _refuse_too_late(batch, series_ids)
+        _refuse_too_late(batch, series_ids)
         _points_write(batch, series_ids)
         ingest_batch = IngestBatch.objects.create(
             tenant=tenant,
@@ -123,29 +122,41 @@ def _refuse_too_late(batch: ParsedBatch, series_ids: list[int]) -> None:
     points). Beyond it, like samples outside Prometheus' out-of-order window, it is refused:
     storing it without re-aggregating would leave rollups that disagree with the raw data.
     A point for an hour with no rollup yet (a backfill) is accepted whatever its age.
+    Vectorised, with one query: a backfill of 10,000 old points is the common late case.
     """
-    horizon = dj_timezone.now().timestamp() - settings.VIGIL_ROLLUP_LATENESS_SECONDS
-    late = [(i, series_ids[batch.key_of[i]], int(ts // 3600) * 3600) for i, ts in enumerate(batch.ts) if ts < horizon]
-    hours = {datetime.fromtimestamp(hour, tz=UTC) for _, _, hour in late}
-    rolled_up = {
-        (series_id, bucket.timestamp())
-        for series_id, bucket in Rollup.objects.filter(
-            series_id__in={sid for _, sid, _ in late}, resolution=Rollup.Resolution.HOUR, bucket__in=hours
-        ).values_list("series_id", "bucket")
-    }
     window = settings.VIGIL_ROLLUP_LATENESS_SECONDS
+    ts = np.asarray(batch.ts, dtype=np.float64)
+    late = np.flatnonzero(ts < dj_timezone.now().timestamp() - window)
+    if not late.size:
+        return
+    sids = np.asarray(series_ids, dtype=np.int64)[np.asarray(batch.key_of, dtype=np.intp)[late]]
+    hours = (ts[late] // 3600).astype(np.int64) * 3600
+    rolled_up = _hours_rolled_up(sorted(set(sids.tolist())), int(hours.min()), int(hours.max()))
+    message = f"this hour is already rolled up and the point is older than the {window} s lateness window"
     errors = [
-        PointError(
-            i,
-            "timestamp",
-            "too_late",
-            f"this hour is already rolled up and the point is older than the {window} s lateness window",
-        )
-        for i, sid, hour in late
-        if (sid, float(hour)) in rolled_up
+        PointError(i, "timestamp", "too_late", message)
+        for i, sid, hour in zip(late.tolist(), sids.tolist(), hours.tolist(), strict=True)
+        if (sid, hour) in rolled_up
     ]
     if errors:
         _reject(errors, len(batch.ts))
+
+
+def _hours_rolled_up(series_ids: list[int], first_hour: int, last_hour: int) -> set[tuple[int, int]]:
+    """(series id, hour as unix seconds) of the hourly rollups among `series_ids` in the range."""
+    start, end = datetime.fromtimestamp(first_hour, tz=UTC), datetime.fromtimestamp(last_hour, tz=UTC)
+    if connection.vendor == "postgresql":  # one array parameter, as in _series_ids
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT series_id, extract(epoch FROM bucket)::bigint FROM {Rollup._meta.db_table} "
+                "WHERE series_id = ANY(%s) AND resolution = %s AND bucket BETWEEN %s AND %s",
+                [series_ids, Rollup.Resolution.HOUR, start, end],
+            )
+            return {(sid, hour) for sid, hour in cursor.fetchall()}
+    rows = Rollup.objects.filter(
+        series_id__in=series_ids, resolution=Rollup.Resolution.HOUR, bucket__range=(start, end)
+    ).values_list("series_id", "bucket")
+    return {(sid, int(bucket.timestamp())) for sid, bucket in rows}
 
 
 def _series_resolve(*, tenant: Tenant, batch: ParsedBatch) -> tuple[list[int], int]:
