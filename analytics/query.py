@@ -29,26 +29,15 @@ import numpy as np
 import pandas as pd
 
 from analytics.models import Point, Rollup
+from analytics.rollups import STAT_FIELDS
 from config.errors import Rejected
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _SECOND = timedelta(seconds=1)
 
-AGGREGATIONS: tuple[str, ...] = (
-    "count",
-    "sum",
-    "min",
-    "max",
-    "mean",
-    "stddev",
-    "p50",
-    "p90",
-    "p95",
-    "p99",
-    "first",
-    "last",
-)
+# Every statistic a bucket stores is an aggregation the API serves.
+AGGREGATIONS: tuple[str, ...] = STAT_FIELDS
 PERCENTILES: dict[str, float] = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 ACROSS: tuple[str, ...] = ("sum", "mean", "min", "max", "p95")
 
