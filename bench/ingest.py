@@ -73,12 +73,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--worker-class", choices=["gthread", "sync"], default="gthread", help="(default gthread)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="threads per gthread worker (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed ingest runs, best kept (default 2)")
     parser.add_argument("--copy-rounds", type=int, default=2, help="COPY runs per format, best kept (default 2)")
     parser.add_argument("--time-limit", type=int, default=600, help="abort after this many seconds (default 600)")
     parser.add_argument("--database", default="vigil_bench", help="dropped and re-created (default vigil_bench)")
     parser.add_argument("--redis-db", type=int, default=15, help="Redis database for the Celery broker (default 15)")
     args = parser.parse_args()
-    if min(args.clients, args.batches, args.batch_size, args.series, args.workers, args.threads, args.copy_rounds) < 1:
+    if (
+        min(
+            args.clients,
+            args.batches,
+            args.batch_size,
+            args.series,
+            args.workers,
+            args.threads,
+            args.rounds,
+            args.copy_rounds,
+        )
+        < 1
+    ):
         parser.error("every count must be at least 1")
     return args
 
@@ -472,10 +485,21 @@ def main() -> int:
             conn.close()
             if created != args.series:
                 raise RuntimeError(f"expected {args.series} series created, got {created}")
-            pg(dsn, "VACUUM ANALYZE", "CHECKPOINT")  # start from a quiet database
-            cpu_before = cpu_snapshot(server.pid)
-            seconds, reports = run_parallel(_ingest_client, args.clients, (port, key))
-            cpu = {name: used - cpu_before.get(name, 0.0) for name, used in cpu_snapshot(server.pid).items()}
+            # Best of --rounds, as for the COPY baseline: a shared 2-core machine is noisy, and
+            # comparing one run with the best of several would bias the ratio.
+            seconds = math.inf
+            for round_number in range(args.rounds):
+                if round_number:  # the same points again, into an empty table
+                    pg(dsn, "TRUNCATE analytics_point")
+                    conn = http.client.HTTPConnection(HOST, port, timeout=120)
+                    _post(conn, create_body, key)
+                    conn.close()
+                pg(dsn, "VACUUM ANALYZE", "CHECKPOINT")  # start from a quiet database
+                cpu_before = cpu_snapshot(server.pid)
+                round_seconds, round_reports = run_parallel(_ingest_client, args.clients, (port, key))
+                if round_seconds < seconds:
+                    seconds, reports = round_seconds, round_reports
+                    cpu = {name: used - cpu_before.get(name, 0.0) for name, used in cpu_snapshot(server.pid).items()}
             workers_rss = sorted(peak_rss_mib(pid) for pid in _children(server.pid))
             master_rss = peak_rss_mib(server.pid)
         except BaseException:
@@ -492,7 +516,8 @@ def main() -> int:
     accepted = sum(report[3] for report in reports)
     workers = f"{args.workers} x {args.threads} threads" if args.worker_class == "gthread" else f"{args.workers}"
     print(
-        f"ingest: {args.clients} clients, gunicorn {args.worker_class} workers {workers}: {seconds:.2f} s, "
+        f"ingest: {args.clients} clients, gunicorn {args.worker_class} workers {workers}, "
+        f"best of {args.rounds}: {seconds:.2f} s, "
         f"{ingest_pps:,.0f} points/s; per request p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "
         f"p95 {latencies[min(len(latencies) - 1, len(latencies) * 95 // 100)] * 1000:.0f} ms"
     )
