@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -40,7 +40,7 @@ from django.utils import timezone
 
 from analytics import partitions
 from analytics.models import IngestBatch, MetricSeries, Point, Rollup
-from analytics.rollups import bucket_start
+from analytics.rollups import bucket_start, chunked
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ def _points_delete(
             start, end = _day_start(day), min(_day_start(day + timedelta(days=1)), cutoff)
             if start >= cutoff:
                 break
-            for chunk in _chunks(series_ids, SERIES_CHUNK):
+            for chunk in chunked(series_ids, SERIES_CHUNK):
                 where = f"series_id = ANY(%s) AND ts >= %s AND ts < %s AND {unrolled}"
                 deleted, done = _delete_batched(
                     _POINTS, "series_id, ts", where, [chunk, start, end, tenant_id, end], batch_size, deadline
@@ -292,7 +292,7 @@ def _rollups_delete(
     key = "series_id, resolution, bucket"
     if connection.vendor == "postgresql":
         total = 0
-        for chunk in _chunks(series_ids, SERIES_CHUNK):
+        for chunk in chunked(series_ids, SERIES_CHUNK):
             where = "series_id = ANY(%s) AND resolution = %s AND bucket < %s"
             deleted, done = _delete_batched(_ROLLUPS, key, where, [chunk, resolution, cutoff], batch_size, deadline)
             total += deleted
@@ -330,8 +330,3 @@ def _delete_batched(
         total += deleted
         if deleted < batch_size:
             return total, True
-
-
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -207,7 +207,7 @@ def rollups_refresh(*, series_ids: Iterable[int], start: datetime, end: datetime
     if end < start:
         raise ValueError("end is before start")
     ids = sorted(set(series_ids))
-    return sum(_refresh_isolated(chunk, start, end) for chunk in _chunks(ids, CHUNK_SERIES))
+    return sum(_refresh_isolated(chunk, start, end) for chunk in chunked(ids, CHUNK_SERIES))
 
 
 def _refresh_isolated(series_ids: list[int], start: datetime, end: datetime) -> int:
@@ -361,7 +361,7 @@ def rollups_stale_shards(
                 end=max(end for _, _, end in shard),
             )
             for _, members in sorted(groups.items())
-            for shard in _chunks(members, shard_size)
+            for shard in chunked(members, shard_size)
         ]
         if shards:
             per_tenant.append(shards)
@@ -388,7 +388,8 @@ def rollups_catch_up(
 _T = TypeVar("_T")
 
 
-def _chunks(items: Sequence[_T], size: int) -> Iterator[list[_T]]:
+def chunked(items: Sequence[_T], size: int) -> Iterator[list[_T]]:
+    """`items` in lists of at most `size` (itertools.batched arrives with Python 3.12)."""
     for i in range(0, len(items), size):
         yield list(items[i : i + size])
 

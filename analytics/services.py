@@ -89,12 +89,16 @@ def _window(tenant: Tenant) -> tuple[float, float]:
 def _store(*, tenant: Tenant, batch: ParsedBatch) -> IngestResult:
     if not batch.ts:
         return IngestResult(batch_id=None, accepted=0, series_created=0)
-    first_ts, last_ts = min(batch.ts), max(batch.ts)
+    # The batch as columns, built once for the checks and the write below.
+    ts = np.asarray(batch.ts, dtype=np.float64)
+    values = np.asarray(batch.values, dtype=np.float64)
+    first_ts, last_ts = float(ts.min()), float(ts.max())
     partitions.partitions_ensure(partitions.days_between(first_ts, last_ts))
     with transaction.atomic():
         series_ids, created = _series_resolve(tenant=tenant, batch=batch)
-        _refuse_too_late(batch, series_ids)
-        _points_write(batch, series_ids)
+        point_series = np.asarray(series_ids, dtype=np.int64)[np.asarray(batch.key_of, dtype=np.intp)]
+        _refuse_too_late(point_series, ts)
+        _points_write(point_series, ts, values)
         ingest_batch = IngestBatch.objects.create(
             tenant=tenant,
             points=len(batch.ts),
@@ -115,7 +119,7 @@ def _reject(errors: list[PointError], total: int) -> None:
     )
 
 
-def _refuse_too_late(batch: ParsedBatch, series_ids: list[int]) -> None:
+def _refuse_too_late(point_series: np.ndarray, ts: np.ndarray) -> None:
     """Refuse points older than the lateness window whose hour is already rolled up.
 
     Within the window a late point revises its buckets (rollups are refreshed from raw
@@ -125,11 +129,10 @@ def _refuse_too_late(batch: ParsedBatch, series_ids: list[int]) -> None:
     Vectorised, with one query: a backfill of 10,000 old points is the common late case.
     """
     window = settings.VIGIL_ROLLUP_LATENESS_SECONDS
-    ts = np.asarray(batch.ts, dtype=np.float64)
     late = np.flatnonzero(ts < dj_timezone.now().timestamp() - window)
     if not late.size:
         return
-    sids = np.asarray(series_ids, dtype=np.int64)[np.asarray(batch.key_of, dtype=np.intp)[late]]
+    sids = point_series[late]
     hours = (ts[late] // 3600).astype(np.int64) * 3600
     rolled_up = _hours_rolled_up(np.unique(sids).tolist(), int(hours.min()), int(hours.max()))
     if not rolled_up:  # the common case: a backfill, or late points of hours still open
@@ -141,7 +144,7 @@ def _refuse_too_late(batch: ParsedBatch, series_ids: list[int]) -> None:
         if (sid, hour) in rolled_up
     ]
     if errors:
-        _reject(errors, len(batch.ts))
+        _reject(errors, len(ts))
 
 
 def _hours_rolled_up(series_ids: list[int], first_hour: int, last_hour: int) -> set[tuple[int, int]]:
@@ -223,13 +226,14 @@ def _identity(key: SeriesKey) -> str:
     return series_identity(cluster, node, metric, dict(labels))
 
 
-def _points_write(batch: ParsedBatch, series_ids: list[int]) -> None:
+def _points_write(point_series: np.ndarray, ts: np.ndarray, values: np.ndarray) -> None:
+    """Write the points (series id, unix seconds, value per point, in request order)."""
     if connection.vendor == "postgresql":
-        _points_copy(batch, series_ids)
+        _points_copy(_copy_binary(point_series, ts, values))
     else:
         # Later points of the same (series, timestamp) in one batch replace earlier ones.
-        sids = [series_ids[k] for k in batch.key_of]
-        _points_upsert(dict(zip(zip(sids, batch.ts, strict=True), batch.values, strict=True)))
+        keys = zip(point_series.tolist(), ts.tolist(), strict=True)
+        _points_upsert(dict(zip(keys, values.tolist(), strict=True)))
 
 
 # PostgreSQL's binary COPY format: a header, one record per row, a trailer. A row of
@@ -244,7 +248,7 @@ _COPY_ROW = np.dtype(
 _PG_EPOCH = 946_684_800.0  # 2000-01-01 in unix seconds
 
 
-def _copy_binary(batch: ParsedBatch, series_ids: list[int]) -> bytes:
+def _copy_binary(sid: np.ndarray, ts: np.ndarray, values: np.ndarray) -> bytes:
     """The batch as binary COPY data: deduplicated (the last point of a (series, ts) wins) and
     ordered by (series_id, ts).
 
@@ -254,9 +258,7 @@ def _copy_binary(batch: ParsedBatch, series_ids: list[int]) -> bytes:
     B-tree forwards, and concurrent batches take row locks in the same order, so they
     cannot deadlock on each other.
     """
-    sid = np.asarray(series_ids, dtype=np.int64)[np.asarray(batch.key_of, dtype=np.intp)]
-    us = np.rint((np.asarray(batch.ts, dtype=np.float64) - _PG_EPOCH) * 1e6).astype(np.int64)
-    values = np.asarray(batch.values, dtype=np.float64)
+    us = np.rint((ts - _PG_EPOCH) * 1e6).astype(np.int64)
     order = np.lexsort((np.arange(len(us)), us, sid))  # by series, time, then request position
     sid, us, values = sid[order], us[order], values[order]
     last = np.ones(len(us), dtype=bool)  # keep the last of each run of equal (series, time)
@@ -267,7 +269,7 @@ def _copy_binary(batch: ParsedBatch, series_ids: list[int]) -> bytes:
     return b"".join([_COPY_HEADER, rows.tobytes(), _COPY_TRAILER])
 
 
-def _points_copy(batch: ParsedBatch, series_ids: list[int]) -> None:
+def _points_copy(data: bytes) -> None:
     """COPY the points straight into the point table; when some already exist, upsert instead.
 
     Most batches are new points, and a plain binary COPY into the partitioned table is the
@@ -278,7 +280,6 @@ def _points_copy(batch: ParsedBatch, series_ids: list[int]) -> None:
     wins'. Such a batch pays for the wasted COPY, usually short: rows are in key order, so
     a re-sent batch fails at its first row.
     """
-    data = _copy_binary(batch, series_ids)
     try:
         with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors:
             cursor.cursor.copy_expert(

@@ -135,10 +135,11 @@ def django_prepare(args: argparse.Namespace, days: list[date]) -> str:
     from django.db import connections
 
     from analytics import partitions
-    from tenants.services import api_key_create, tenant_create
+    from tenants.models import Tenant
+    from tenants.services import api_key_create
 
     call_command("migrate", verbosity=0, interactive=False)
-    tenant = tenant_create(
+    tenant = Tenant.objects.create(
         slug="bench", name="Benchmark", max_series=args.series, max_points_per_request=max(args.batch_size, args.series)
     )
     key = api_key_create(tenant=tenant, name="bench", scopes=["ingest"]).raw_key

@@ -70,7 +70,18 @@ import psycopg2.extensions
 import psycopg2.extras
 
 # bench/ is on the path when run as a script: the set-up and server helpers are shared.
-from ingest import HOST, METRICS, configure_environment, database_reset, free_port, pg, server_start, server_stop
+from ingest import (
+    HOST,
+    METRICS,
+    _interrupted,
+    _timed_out,
+    configure_environment,
+    database_reset,
+    free_port,
+    pg,
+    server_start,
+    server_stop,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOLUTIONS = (60, 300, 3600)  # analytics.models.Rollup.Resolution, seconds
@@ -266,10 +277,11 @@ def django_prepare(args: argparse.Namespace, layout: Layout) -> Prepared:
 
     from analytics import partitions, rollups
     from analytics.models import MetricSeries, series_identity
-    from tenants.services import api_key_create, tenant_create
+    from tenants.models import Tenant
+    from tenants.services import api_key_create
 
     call_command("migrate", verbosity=0, interactive=False)
-    tenant = tenant_create(slug="bench", name="Rollup benchmark", max_series=args.series)
+    tenant = Tenant.objects.create(slug="bench", name="Rollup benchmark", max_series=args.series)
     key = api_key_create(tenant=tenant, name="bench", scopes=["read"]).raw_key
     series = []
     for s in range(args.series):
@@ -795,14 +807,6 @@ def run(args: argparse.Namespace) -> int:
         f"query_p50_ms={p50:.1f} query_p99_ms={p99:.1f}"
     )
     return 0
-
-
-def _interrupted(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # unwinds through the `finally` that stops gunicorn
-
-
-def _timed_out(signum: int, frame: Any) -> None:
-    raise TimeoutError("the benchmark exceeded --time-limit")
 
 
 if __name__ == "__main__":

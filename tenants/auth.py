@@ -21,16 +21,12 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 @dataclass(frozen=True)
 class KeyPrincipal:
-    """`request.user` for API-key requests: the tenant the key belongs to, never a Django user."""
+    """`request.user` for API-key requests: a key, never a Django user (see `request_tenant`)."""
 
     api_key: ApiKey
 
     is_authenticated = True
     is_anonymous = False
-
-    @property
-    def tenant(self) -> Tenant:
-        return self.api_key.tenant
 
 
 def request_tenant(request: Request) -> Tenant:

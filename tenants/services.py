@@ -22,10 +22,6 @@ class IssuedKey:
     raw_key: str  # shown once; never stored
 
 
-def tenant_create(*, slug: str, name: str, **quotas: Any) -> Tenant:
-    return Tenant.objects.create(slug=slug, name=name, **quotas)
-
-
 def membership_set(*, tenant: Tenant, user: Any, role: str) -> Membership:
     """Give `user` `role` in `tenant` (creating or updating the membership)."""
     membership, _ = Membership.objects.update_or_create(tenant=tenant, user=user, defaults={"role": role})

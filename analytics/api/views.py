@@ -168,13 +168,19 @@ def _param(request: Request, name: str, parse: Callable[[str], _T]) -> _T | None
         raise ValidationError({name: [str(exc)]}) from None
 
 
-def _range_plan(request: Request, *, series_count: int = 1) -> query.RangePlan:
+def _time_range(request: Request) -> tuple[datetime, datetime]:
+    """`from` (inclusive) and `to` (exclusive); by default the last hour."""
     end = _time_param(request, "to", dj_timezone.now())
     start = _time_param(request, "from", end - timedelta(hours=1))
-    step = _param(request, "step", query.parse_duration)
-    agg = _param(request, "agg", query.parse_agg) or "mean"
     if start >= end:
         raise ValidationError({"from": ["must be before 'to'"]})
+    return start, end
+
+
+def _range_plan(request: Request, *, series_count: int = 1) -> query.RangePlan:
+    start, end = _time_range(request)
+    step = _param(request, "step", query.parse_duration)
+    agg = _param(request, "agg", query.parse_agg) or "mean"
     try:
         return query.range_plan(start=start, end=end, step=step, agg=agg, series_count=series_count)
     except OverflowError:
@@ -309,16 +315,13 @@ class SeriesViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
     @action(detail=True, methods=["get"], renderer_classes=[renderers.JSONRenderer, CSVRenderer])
     def points(self, request: Request, pk: str | None = None) -> Response:
         series = self.get_object()
-        end = _time_param(request, "to", dj_timezone.now())
-        start = _time_param(request, "from", end - timedelta(hours=1))
+        start, end = _time_range(request)
         try:
             limit = int(request.query_params.get("limit", 1000))
         except ValueError:
             limit = 0
         if not 1 <= limit <= 10_000:
             raise ValidationError({"limit": ["an integer from 1 to 10000"]})
-        if start >= end:
-            raise ValidationError({"from": ["must be before 'to'"]})
         rows = selectors.points_range(series=series, start=start, end=end, limit=limit + 1)
         next_url = None
         if len(rows) > limit:
@@ -329,7 +332,7 @@ class SeriesViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
             next_url = request.build_absolute_uri(f"{request.path}?{urlencode(sorted(params.items()))}")
         data = {
             "series_id": series.pk,
-            "points": [{"timestamp": ts.isoformat().replace("+00:00", "Z"), "value": value} for ts, value in rows],
+            "points": [{"timestamp": _iso(ts), "value": value} for ts, value in rows],
             "next": next_url,
         }
         headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else None

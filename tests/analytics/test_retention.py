@@ -17,7 +17,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,15 +29,9 @@ from analytics.models import IngestBatch, Point, Rollup
 from analytics.retention import retention_enforce
 from tenants.models import Tenant
 from tests.tenants.factories import TenantFactory
+from tests.waiting import wait_for
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _late_data_allowed(settings: Any) -> None:
-    """These tests write late points into rolled-up hours days back on purpose: a window
-    that admits them (tests/analytics/test_lateness.py covers the refusal beyond it)."""
-    settings.VIGIL_ROLLUP_LATENESS_SECONDS = 400 * 86400
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("late_data_allowed")]
 
 
 TODAY = datetime.now(UTC).date()
@@ -316,13 +309,6 @@ def lock_waiters(table: str) -> int:
             [table],
         )
         return int(cursor.fetchone()[0])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 @pytest.mark.services

@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 import random
 import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,15 +23,9 @@ from config.celery_app import app as celery_app
 from tenants.models import Tenant
 from tests.analytics.test_ingest_concurrency import run_concurrently
 from tests.tenants.factories import TenantFactory
+from tests.waiting import wait_for
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _late_data_allowed(settings: Any) -> None:
-    """These tests write late points into rolled-up hours days back on purpose: a window
-    that admits them (tests/analytics/test_lateness.py covers the refusal beyond it)."""
-    settings.VIGIL_ROLLUP_LATENESS_SECONDS = 400 * 86400
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("late_data_allowed")]
 
 
 Key = tuple[int, int, datetime]  # (series_id, resolution, bucket)
@@ -297,13 +289,6 @@ def advisory_waiters(series_id: int) -> int:
             [rollups._ADVISORY_CLASS, series_id],
         )
         return int(cursor.fetchone()[0])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 # --- Late data --------------------------------------------------------------------------------
