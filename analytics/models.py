@@ -20,6 +20,9 @@ def series_identity(cluster: str, node: str, metric: str, labels: dict[str, str]
     return hashlib.sha256(canonical.encode()).hexdigest()[:40]
 
 
+SENSITIVITY_CHOICES = [("low", "low"), ("medium", "medium"), ("high", "high")]
+
+
 class MetricSeries(models.Model):
     """One metric of one node of one cluster, with its labels. Created on its first point."""
 
@@ -33,6 +36,8 @@ class MetricSeries(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # Newest point stored, maintained by the ingest pipeline task (not by the request).
     last_point_at = models.DateTimeField(null=True, blank=True)
+    # Overrides the tenant's detection sensitivity when set.
+    detection_sensitivity = models.CharField(max_length=8, choices=SENSITIVITY_CHOICES, blank=True)
 
     class Meta:
         verbose_name_plural = "metric series"
@@ -187,3 +192,153 @@ class Rollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.series_id}@{self.bucket.isoformat()}/{self.resolution}s n={self.count}"
+
+
+class DetectorState(models.Model):
+    """What the streaming detector of one series has learned: the source of truth.
+
+    Written only by `analytics.anomalies.series_detect` under a row lock
+    (SELECT ... FOR UPDATE), so two workers scoring the same series take turns and neither
+    overwrites the other's state. `last_ts` is the newest point scored: the next run scores
+    points after it; older points are late and go through the rescan.
+    """
+
+    series = models.OneToOneField(
+        MetricSeries, on_delete=models.CASCADE, primary_key=True, related_name="detector_state"
+    )
+    detector = models.CharField(max_length=64)
+    sensitivity = models.CharField(max_length=8, choices=SENSITIVITY_CHOICES)
+    state = models.JSONField()
+    last_ts = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.detector} state of series {self.series_id}"
+
+
+class NodeDetectorState(models.Model):
+    """What the multivariate detector of one node has learned (its metrics aligned in time).
+
+    Written only by `analytics.anomalies.node_detect` under a row lock, like DetectorState.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    cluster = models.CharField(max_length=200)
+    node = models.CharField(max_length=200)
+    detector = models.CharField(max_length=64)
+    sensitivity = models.CharField(max_length=8, choices=SENSITIVITY_CHOICES)
+    state = models.JSONField()
+    last_ts = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # Serves the lock-and-load of a node's state.
+            models.UniqueConstraint(fields=["tenant", "cluster", "node", "detector"], name="node_state_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.detector} state of {self.cluster}/{self.node}"
+
+
+class AnomalyResult(models.Model):
+    """One anomaly: consecutive anomalous points of a series (or of a node's metrics, for the
+    multivariate detectors), merged into one window so that one incident is one row.
+
+    A window stays `open` while new anomalous points arrive within the gap tolerance of its
+    end, and is `closed` once the series has moved past it. Re-scoring the same points finds
+    the same window start, so the unique constraints make re-processing idempotent.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        CLOSED = "closed"
+
+    class Label(models.TextChoices):
+        SPIKE = "spike"
+        DIP = "dip"
+        LEVEL_SHIFT = "level_shift"
+        TREND_CHANGE = "trend_change"
+        VARIANCE_CHANGE = "variance_change"
+        SEASONAL_BREAK = "seasonal_break"
+        FLATLINE = "flatline"
+
+    class Feedback(models.TextChoices):
+        TRUE_POSITIVE = "true_positive"
+        FALSE_POSITIVE = "false_positive"
+        EXPECTED = "expected"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="anomalies")
+    # NULL for a node-level (multivariate) anomaly; cluster and node are always set.
+    series = models.ForeignKey(
+        MetricSeries, on_delete=models.CASCADE, null=True, blank=True, related_name="anomalies"
+    )
+    cluster = models.CharField(max_length=200)
+    node = models.CharField(max_length=200)
+    metric = models.CharField(max_length=200, blank=True)
+    detector = models.CharField(max_length=64)
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    peak_ts = models.DateTimeField()
+    peak_score = models.FloatField()
+    label = models.CharField(max_length=32, choices=Label.choices)
+    observed = models.FloatField(null=True, blank=True)
+    expected = models.FloatField(null=True, blank=True)
+    lower = models.FloatField(null=True, blank=True)
+    upper = models.FloatField(null=True, blank=True)
+    deviation = models.FloatField(null=True, blank=True)
+    explanation = models.TextField()
+    details = models.JSONField(default=dict)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    feedback = models.CharField(max_length=16, choices=Feedback.choices, blank=True)
+    feedback_comment = models.TextField(blank=True)
+    feedback_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["series", "detector", "window_start"],
+                condition=models.Q(series__isnull=False),
+                name="anomaly_unique_series_window",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "cluster", "node", "detector", "window_start"],
+                condition=models.Q(series__isnull=True),
+                name="anomaly_unique_node_window",
+            ),
+        ]
+        indexes = [
+            # Serves the API list, newest first, and the health roll-up over a time range.
+            models.Index(fields=["tenant", "-window_start"], name="anomaly_tenant_start_idx"),
+            # Serves the detector's lookup of a series' open window to extend.
+            models.Index(
+                fields=["series", "detector", "-window_end"],
+                name="anomaly_open_idx",
+                condition=models.Q(status="open"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = self.metric or "node"
+        return f"{self.label} on {self.cluster}/{self.node}/{where} at {self.peak_ts:%Y-%m-%d %H:%M} ({self.peak_score:.2f})"
+
+
+class AnomalyScore(models.Model):
+    """The highest anomaly score of a series per minute: the score time series and the input
+    of the health roll-up (node -> cluster -> tenant).
+
+    Keyed like the rollups, without a database foreign key for the same reason (derived data
+    written in bulk); deleting a series deletes its scores through Django's CASCADE.
+    """
+
+    pk = models.CompositePrimaryKey("series", "bucket")
+    series = models.ForeignKey(
+        MetricSeries, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    bucket = models.DateTimeField()
+    score = models.FloatField()
+
+    def __str__(self) -> str:
+        return f"{self.series_id}@{self.bucket.isoformat()} score={self.score:.3f}"

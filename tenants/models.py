@@ -20,6 +20,10 @@ class Tenant(models.Model):
     retention_1m_days = models.PositiveIntegerField(default=30)
     retention_5m_days = models.PositiveIntegerField(default=90)
     retention_1h_days = models.PositiveIntegerField(default=730)
+    # Anomaly detection default for the tenant's series (a series may override it).
+    detection_sensitivity = models.CharField(
+        max_length=8, choices=[("low", "low"), ("medium", "medium"), ("high", "high")], default="medium"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
