@@ -3,7 +3,7 @@
 Importing the package registers every detector.
 """
 
-from analytics.detection import robust  # noqa: F401  (registers the detector)
+from analytics.detection import detectors, robust  # noqa: F401  (register the detectors)
 from analytics.detection.base import DETECTORS, LABELS, Detector, Scores, State, UnknownDetector, detector_create
 
 __all__ = ["DETECTORS", "LABELS", "Detector", "Scores", "State", "UnknownDetector", "detector_create"]

@@ -168,5 +168,3 @@ def prepare(last_ts: float | None, timestamps: np.ndarray, values: np.ndarray) -
         last = np.append(ts[1:] != ts[:-1], True)
         ts, vs = ts[last], vs[last]
     return ts, vs
-
-

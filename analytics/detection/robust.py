@@ -32,10 +32,14 @@ def robust_scale(windows: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(mad, mean_ad), floor)
 
 
-def block_references(history: np.ndarray, values: np.ndarray, *, window: int, stride: int) -> tuple[np.ndarray, ...]:
+def block_references(
+    history: np.ndarray, values: np.ndarray, *, window: int, stride: int, trend: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Median and robust scale for each new value, from the `window` values before its block.
 
-    `history` holds at least `window` earlier values. Returns per new value (median, scale).
+    `history` holds at least `window` earlier values. With `trend`, the median is carried
+    forward along the window's robust slope (the difference of the medians of its halves),
+    so a rolling median on a steady rise or a daily curve does not lag half a window behind.
     """
     buffer = np.concatenate([history[-window:], values])
     starts = np.arange(0, len(values), stride)
@@ -43,7 +47,40 @@ def block_references(history: np.ndarray, values: np.ndarray, *, window: int, st
     centre = np.median(windows, axis=1)
     scale = robust_scale(windows, centre)
     counts = np.diff(np.append(starts, len(values)))
-    return np.repeat(centre, counts), np.repeat(scale, counts)
+    centre, scale = np.repeat(centre, counts), np.repeat(scale, counts)
+    if trend:
+        half = window // 2
+        slope = (np.median(windows[:, half:], axis=1) - np.median(windows[:, :half], axis=1)) / half
+        ahead = (window - 1) / 2 + 1 + (np.arange(len(values)) - np.repeat(starts, counts))
+        centre = centre + np.repeat(slope, counts) * ahead
+    return centre, scale
+
+
+def rolling_reference(
+    recent: np.ndarray, values: np.ndarray, *, window: int, stride: int, trend: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per new value: median and scale of the `window` values before it (see block_references).
+
+    While fewer than `window` values exist (a new series), the first values see a growing
+    window, one reference each: a path taken only during warm-up.
+    """
+    missing = window - len(recent)
+    if missing <= 0:
+        return block_references(recent, values, window=window, stride=stride, trend=trend)
+    centre, scale = np.empty(len(values)), np.empty(len(values))
+    head = min(missing, len(values))
+    buffer = np.concatenate([recent, values])
+    for i in range(head):
+        past = buffer[: len(recent) + i][-window:]
+        if not len(past):
+            past = values[:1]
+        centre[i] = np.median(past)
+        scale[i] = robust_scale(past[None, :], centre[i : i + 1])[0]
+    if head < len(values):
+        centre[head:], scale[head:] = block_references(
+            buffer[: len(recent) + head], values[head:], window=window, stride=stride, trend=trend
+        )
+    return centre, scale
 
 
 def interval_update(interval: float | None, last_ts: float | None, ts: np.ndarray) -> float | None:
@@ -83,7 +120,7 @@ class RobustZScore(Detector):
 
     def _score(self, state: State, ts: np.ndarray, vs: np.ndarray) -> tuple[Scores, State]:
         recent = unpack(state["recent"])
-        centre, scale = self._references(recent, vs)
+        centre, scale = rolling_reference(recent, vs, window=self.window, stride=self.stride)
         tail = TailModel.from_state(state["tail"])
         interval = interval_update(state["interval"], state["last_ts"], ts)
         n_day = per_day(interval)
@@ -117,25 +154,3 @@ class RobustZScore(Detector):
             "tail": tail.learn(np.abs(z[~anomalous])).to_state(),
         }
         return scores, new_state
-
-    def _references(self, recent: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per new value: median and scale of the window before it (shorter while warming up)."""
-        missing = self.window - len(recent)
-        if missing <= 0:
-            return block_references(recent, values, window=self.window, stride=self.stride)
-        # Warm-up: the first values see a growing window, one reference per value (rare path).
-        centre, scale = np.empty(len(values)), np.empty(len(values))
-        head = min(missing, len(values))
-        buffer = np.concatenate([recent, values])
-        for i in range(head):
-            past = buffer[: len(recent) + i][-self.window :]
-            if not len(past):
-                past = values[:1]
-            centre[i] = np.median(past)
-            scale[i] = robust_scale(past[None, :], centre[i : i + 1])[0]
-        if head < len(values):
-            rest_centre, rest_scale = block_references(
-                buffer[: len(recent) + head], values[head:], window=self.window, stride=self.stride
-            )
-            centre[head:], scale[head:] = rest_centre, rest_scale
-        return centre, scale

@@ -1,0 +1,238 @@
+"""The algorithms the residual detectors are made of, one class each.
+
+Each component reads the baseline's view of a chunk (`seasonal.Reference`) and returns, per
+point, the tail probability of its own statistic under what it learned, and the label it
+would give. `detectors.py` combines them. States are plain JSON-safe dicts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from analytics.detection.calibration import TailModel, pack, unpack
+from analytics.detection.robust import MAD_TO_SD, MEAN_AD_TO_SD, block_references
+from analytics.detection.seasonal import Reference
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ts: np.ndarray
+    vs: np.ndarray
+    ref: Reference
+    interval: float
+    warming: np.ndarray
+
+
+@dataclass(frozen=True)
+class Assessment:
+    p: np.ndarray  # tail probability per point (1.0 where the component has no opinion)
+    label: np.ndarray  # the label the component gives where it fires
+    stat: np.ndarray  # the statistic its tail model learns
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Component(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def initial_state(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def assess(self, state: dict[str, Any], chunk: Chunk) -> Assessment: ...
+
+    @abstractmethod
+    def learn(
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+    ) -> dict[str, Any]:
+        """The state after the first `upto` points of the chunk; `normal` marks the points it may learn from."""
+
+
+class Deviation(Component):
+    """Spikes, dips and seasonal breaks: |robust z| of a point against the baseline.
+
+    A point far from its phase's expected value but inside the series' usual range (the 2nd to
+    98th percentile of the last week's hourly means) is a seasonal break: normal for another
+    time of day, wrong for this one.
+    """
+
+    name = "seasonal"
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"tail": TailModel.prior(mean=1.0, top=16.0).to_state()}
+
+    def assess(self, state: dict[str, Any], chunk: Chunk) -> Assessment:
+        z = chunk.ref.z
+        stat = np.abs(z)
+        p = TailModel.from_state(state["tail"]).probability(stat)
+        vs, ref = chunk.vs, chunk.ref
+        within = (vs >= ref.typical_low) & (vs <= ref.typical_high) if ref.period else np.zeros(len(vs), dtype=bool)
+        label = np.where(within, "seasonal_break", np.where(z > 0, "spike", "dip"))
+        return Assessment(p=p, label=label, stat=stat)
+
+    def learn(
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+    ) -> dict[str, Any]:
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto][normal[:upto]])
+        return {"tail": tail.to_state()}
+
+    def band(self, state: dict[str, Any], p: float) -> float:
+        """|z| at which a point reaches tail probability p."""
+        return TailModel.from_state(state["tail"]).quantile(p)
+
+
+class LevelShift(Component):
+    """Level shifts and trend changes: a two-sided CUSUM of the baseline's z, clipped so one
+    spike cannot fire it. When it fires the caller moves the baseline to the new level
+    (`shift_at`) and the CUSUM restarts, so a shift is reported once and then is the norm.
+    A second shift the same way soon after the first is a trend change (a ramp the adaptive
+    level keeps falling behind)."""
+
+    name = "level_shift"
+    K = 0.5  # allowance, in sds: half the smallest shift worth finding quickly
+    CLIP = 4.0
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"up": 0.0, "down": 0.0, "tail": TailModel.prior(mean=1.5, top=48.0).to_state(), "last": None}
+
+    def assess(self, state: dict[str, Any], chunk: Chunk) -> Assessment:
+        # Nothing accumulates while the baseline is still warming up.
+        y = np.where(chunk.warming, -np.inf, np.clip(chunk.ref.z, -self.CLIP, self.CLIP))
+        up = _cusum(state["up"], np.where(chunk.warming, -np.inf, y - self.K))
+        down = _cusum(state["down"], np.where(chunk.warming, -np.inf, -y - self.K))
+        stat = np.maximum(up, down)
+        p = TailModel.from_state(state["tail"]).probability(stat)
+        direction = np.where(up >= down, 1, -1)
+        label = np.full(len(y), "level_shift", dtype=object)
+        last = state["last"]
+        if last is not None:
+            recent = (chunk.ts - last[0] <= 4 * 60 * chunk.interval) & (direction == last[1])
+            label[recent] = "trend_change"
+        return Assessment(p=p, label=label, stat=stat, extra={"up": up, "down": down, "direction": direction})
+
+    def shift_at(self, chunk: Chunk, assessment: Assessment, i: int) -> float:
+        """The size of the shift confirmed at point i: the mean residual since the CUSUM left 0."""
+        side = assessment.extra["up"] if assessment.extra["direction"][i] > 0 else assessment.extra["down"]
+        zeros = np.flatnonzero(side[: i + 1] == 0)
+        start = zeros[-1] + 1 if len(zeros) else 0
+        residual = chunk.vs[start : i + 1] - chunk.ref.expected[start : i + 1]
+        return float(np.median(residual))
+
+    def learn(
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+    ) -> dict[str, Any]:
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto][normal[:upto]])
+        return {
+            **state,
+            "up": float(assessment.extra["up"][upto - 1]),
+            "down": float(assessment.extra["down"][upto - 1]),
+            "tail": tail.to_state(),
+        }
+
+    def confirmed(self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, i: int) -> dict[str, Any]:
+        """The state after a shift confirmed at point i: the CUSUM starts again from 0."""
+        last = [float(chunk.ts[i]), int(assessment.extra["direction"][i])]
+        return {**state, "up": 0.0, "down": 0.0, "last": last}
+
+
+def _cusum(start: float, increments: np.ndarray) -> np.ndarray:
+    """S_t = max(0, S_{t-1} + x_t) for all t at once: S_t = C_t - min(0, min_{s<=t} C_s)."""
+    if np.isneginf(increments).any():  # a forced reset: run the recursion piecewise
+        out = np.empty(len(increments))
+        s = start
+        for i, x in enumerate(increments):
+            s = max(0.0, s + x)
+            out[i] = s
+        return out
+    c = start + np.cumsum(increments)
+    return c - np.minimum.accumulate(np.minimum(c, 0.0))
+
+
+class VarianceChange(Component):
+    """Noise grown beyond its usual size: log of the recent robust spread of the residuals over
+    their long-run spread (a slow average, so the change stays visible while it lasts)."""
+
+    name = "variance_change"
+    WINDOW, STRIDE = 30, 5
+    MEMORY = 1440.0  # points over which the long-run spread follows a lasting change
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"long": None, "recent": pack(np.empty(0)), "tail": TailModel.prior(mean=0.3, top=4.0).to_state()}
+
+    def assess(self, state: dict[str, Any], chunk: Chunk) -> Assessment:
+        residual = np.abs(chunk.vs - chunk.ref.expected)
+        recent = unpack(state["recent"])
+        long = state["long"]
+        if long is None or len(recent) < self.WINDOW:
+            ones = np.ones(len(residual))
+            return Assessment(p=ones, label=np.full(len(residual), "variance_change"), stat=np.zeros(len(residual)))
+        centre, _ = block_references(recent, residual, window=self.WINDOW, stride=self.STRIDE)
+        stat = np.maximum(0.0, np.log(np.maximum(centre * MAD_TO_SD, 1e-12) / long))
+        p = TailModel.from_state(state["tail"]).probability(stat)
+        return Assessment(p=p, label=np.full(len(residual), "variance_change"), stat=stat)
+
+    def learn(
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+    ) -> dict[str, Any]:
+        residual = np.abs(chunk.vs[:upto] - chunk.ref.expected[:upto])
+        recent = np.concatenate([unpack(state["recent"]), residual])[-self.WINDOW :]
+        long = state["long"]
+        # The long-run spread learns from every point (clipped), so a lasting change of the noise
+        # becomes the norm within about MEMORY points instead of alarming for ever.
+        fresh = residual
+        if len(fresh):
+            if long is None:
+                long = max(float(np.median(fresh)) * MAD_TO_SD, 1e-9)
+            else:
+                clipped = np.minimum(fresh, 4 * long) * MEAN_AD_TO_SD
+                weight = 1 - np.exp(-len(fresh) / self.MEMORY)
+                long = max(long + weight * (float(clipped.mean()) - long), 1e-9)
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto][normal[:upto]])
+        return {"long": long, "recent": pack(recent), "tail": tail.to_state()}
+
+
+class Flatline(Component):
+    """A series that stopped changing: a run of exactly repeated values, scored by how unlikely
+    such a run is given how often the series repeated a value before (p = rate ** run).
+
+    Only fires for a series that varied before the run began (at least `MIN_HISTORY` changes
+    seen), so a series constant from its first point is not a flatline, just constant.
+    """
+
+    name = "flatline"
+    MIN_HISTORY = 100
+    MEMORY = 5000.0
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"last": None, "run": 0, "repeats": 1.0, "diffs": 20.0, "changes": 0}
+
+    def assess(self, state: dict[str, Any], chunk: Chunk) -> Assessment:
+        vs = chunk.vs
+        previous = np.concatenate([[state["last"] if state["last"] is not None else np.nan], vs[:-1]])
+        same = np.abs(vs - previous) <= 1e-12 * np.maximum(1.0, np.abs(vs))
+        count = np.cumsum(same)
+        reset = np.maximum.accumulate(np.where(~same, count, 0))
+        changed = np.cumsum(~same) > 0
+        run = count - reset + np.where(changed, 0, state["run"])
+        rate = float(np.clip(state["repeats"] / state["diffs"], 0.05, 0.999))
+        p = np.where(run > 0, rate ** run.astype(np.float64), 1.0)
+        changes = state["changes"] + np.cumsum(~same)
+        p = np.where(changes >= self.MIN_HISTORY, p, 1.0)
+        return Assessment(p=p, label=np.full(len(vs), "flatline"), stat=run.astype(np.float64), extra={"same": same})
+
+    def learn(
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+    ) -> dict[str, Any]:
+        same = assessment.extra["same"][:upto]
+        learned = same[normal[:upto]]
+        decay = np.exp(-len(learned) / self.MEMORY)
+        return {
+            "last": float(chunk.vs[upto - 1]),
+            "run": int(assessment.stat[upto - 1]),
+            "repeats": state["repeats"] * decay + float(learned.sum()),
+            "diffs": state["diffs"] * decay + float(len(learned)),
+            "changes": state["changes"] + int((~same).sum()),
+        }

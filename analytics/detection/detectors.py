@@ -1,0 +1,217 @@
+"""Detectors built on the seasonal baseline: one per component, and the ensemble of all.
+
+Every point goes through the baseline (expected value and scale, seasonality included) and
+then through each component, which gives the tail probability of its own statistic. The
+detector's probability is the smallest one times the number of components (Bonferroni, so
+combining detectors does not multiply false alarms), calibrated into the score as everywhere
+(calibration.py); the label and detector of a point are those of the component that was most
+sure. When the level-shift component fires, the baseline moves to the new level at once and
+the rest of the chunk is scored against it: one shift, one report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from analytics.detection.base import Detector, Scores, State, register
+from analytics.detection.calibration import probability_for_score, score_from_probability
+from analytics.detection.components import Assessment, Chunk, Component, Deviation, Flatline, LevelShift, VarianceChange
+from analytics.detection.robust import interval_update, per_day
+from analytics.detection.seasonal import Baseline
+
+
+class ResidualDetector(Detector):
+    """The engine; subclasses name their components."""
+
+    components: ClassVar[tuple[type[Component], ...]]
+
+    def __init__(self, *, sensitivity: str = "medium", window: int = 60, min_points: int = 60) -> None:
+        super().__init__(sensitivity=sensitivity)
+        self.min_points = min_points
+        self.baseline = Baseline(window=window)
+        self.parts = [cls() for cls in self.components]
+        self.deviation = Deviation()  # for the band, whether or not it votes
+
+    def initial_state(self) -> State:
+        return {
+            "last_ts": None,
+            "interval": None,
+            "seen": 0,
+            "baseline": self.baseline.initial_state(),
+            "band": self.deviation.initial_state(),
+            **{part.name: part.initial_state() for part in self.parts},
+        }
+
+    def _score(self, state: State, ts: np.ndarray, vs: np.ndarray) -> tuple[Scores, State]:
+        interval = interval_update(state["interval"], state["last_ts"], ts) or 60.0
+        n_day = per_day(interval)
+        p_threshold = probability_for_score(self.threshold, n_day)
+        state = {**state, "interval": interval}
+        parts: list[Scores] = []
+        start = 0
+        while start < len(ts):
+            scores, state, start = self._segment(state, ts, vs, start, n_day, p_threshold, interval)
+            parts.append(scores)
+        return Scores.concatenate(parts), state
+
+    def _segment(
+        self,
+        state: State,
+        ts: np.ndarray,
+        vs: np.ndarray,
+        start: int,
+        n_day: float,
+        p_threshold: float,
+        interval: float,
+    ) -> tuple[Scores, State, int]:
+        """Score ts[start:] up to and including its first anomalous point, if any."""
+        ts, vs = ts[start:], vs[start:]
+        ref = self.baseline.reference(state["baseline"], ts, vs)
+        warming = state["seen"] + np.arange(1, len(ts) + 1) <= self.min_points
+        chunk = Chunk(ts=ts, vs=vs, ref=ref, interval=interval, warming=warming)
+        assessments = self._assess(state, chunk, p_threshold)
+        p_all = np.vstack([a.p for a in assessments])
+        best = np.argmin(p_all, axis=0)
+        p = np.minimum(1.0, p_all[best, np.arange(len(ts))] * len(self.parts))
+        score = score_from_probability(p, n_day)
+        score[warming] = 0.0
+        anomalous = (score >= self.threshold) & ~warming
+
+        # The segment ends at the first anomalous point: what the baseline learns from the
+        # points after it must not include it (a spike or a stuck value would drag the level),
+        # whether the chunk is a day of backfill or one streamed point.
+        fired = np.flatnonzero(anomalous)
+        upto = int(fired[0]) + 1 if len(fired) else len(ts)
+        shift, shift_part = 0.0, None
+        for i, part in enumerate(self.parts):
+            confirmed = len(fired) and assessments[i].p[upto - 1] * len(self.parts) <= p_threshold
+            if isinstance(part, LevelShift) and confirmed:
+                shift, shift_part = part.shift_at(chunk, assessments[i], upto - 1), i
+
+        labels = np.empty(upto, dtype=object)
+        names = np.empty(upto, dtype=object)
+        for i, (part, assessment) in enumerate(zip(self.parts, assessments, strict=True)):
+            mine = best[:upto] == i
+            labels[mine] = assessment.label[:upto][mine]
+            names[mine] = part.name
+        labels[~anomalous[:upto]] = ""
+        names[~anomalous[:upto]] = ""
+        if shift_part is not None:  # the point that confirmed a shift carries its label, whoever was most sure
+            labels[upto - 1] = assessments[shift_part].label[upto - 1]
+            names[upto - 1] = LevelShift.name
+        band = self.deviation.band(state["band"], p_threshold) * ref.scale[:upto]
+        scores = Scores(
+            timestamps=ts[:upto],
+            values=vs[:upto],
+            score=score[:upto],
+            expected=ref.expected[:upto],
+            lower=ref.expected[:upto] - band,
+            upper=ref.expected[:upto] + band,
+            deviation=ref.z[:upto],
+            warming=warming[:upto],
+            anomalous=anomalous[:upto],
+            label=labels,
+            detector=names,
+            info={"period": ref.period},
+        )
+        state = self._learn(state, chunk, assessments, ~anomalous, upto, interval)
+        if shift_part is not None:
+            part = self.parts[shift_part]
+            assert isinstance(part, LevelShift)
+            state[part.name] = part.confirmed(state[part.name], chunk, assessments[shift_part], upto - 1)
+            state["baseline"] = self.baseline.rebase(state["baseline"], shift)
+        return scores, state, start + upto
+
+    def _assess(self, state: State, chunk: Chunk, p_threshold: float) -> list[Assessment]:
+        """Every component's view of the chunk. Points stuck on one value are the flatline's:
+        the others see them as exactly expected, so a stuck value is not also taken for a
+        level shift the baseline would then follow."""
+        k = len(self.parts)
+        flat = next((part for part in self.parts if isinstance(part, Flatline)), None)
+        stuck_assessment = flat.assess(state[flat.name], chunk) if flat is not None else None
+        view = chunk
+        if stuck_assessment is not None and k > 1:
+            stuck = stuck_assessment.p * k <= p_threshold
+            if stuck.any():
+                ref = replace(chunk.ref, z=np.where(stuck, 0.0, chunk.ref.z))
+                view = replace(chunk, vs=np.where(stuck, chunk.ref.expected, chunk.vs), ref=ref)
+        return [
+            stuck_assessment if part is flat and stuck_assessment is not None else part.assess(state[part.name], view)
+            for part in self.parts
+        ]
+
+    def _learn(
+        self,
+        state: State,
+        chunk: Chunk,
+        assessments: list[Assessment],
+        normal: np.ndarray,
+        upto: int,
+        interval: float,
+    ) -> State:
+        ts, vs = chunk.ts[:upto], chunk.vs[:upto]
+        head = Chunk(ts=ts, vs=vs, ref=chunk.ref, interval=interval, warming=chunk.warming)
+        new = dict(state)
+        for part, assessment in zip(self.parts, assessments, strict=True):
+            new[part.name] = part.learn(state[part.name], chunk, assessment, normal, upto)
+        band = self.deviation.assess(state["band"], chunk)
+        new["band"] = self.deviation.learn(state["band"], chunk, band, normal, upto)
+        new["baseline"] = self.baseline.learn(
+            state["baseline"], head.ts, head.vs, _head(chunk.ref, upto), normal[:upto], interval
+        )
+        new["last_ts"] = float(ts[-1])
+        new["seen"] = state["seen"] + upto
+        return new
+
+
+def _head(ref: Any, upto: int) -> Any:
+    return replace(
+        ref,
+        expected=ref.expected[:upto],
+        scale=ref.scale[:upto],
+        z=ref.z[:upto],
+        deseasonalised=ref.deseasonalised[:upto],
+    )
+
+
+@register
+class Seasonal(ResidualDetector):
+    """Spikes, dips and seasonal breaks against the seasonal baseline."""
+
+    name = "seasonal"
+    components = (Deviation,)
+
+
+@register
+class LevelShiftDetector(ResidualDetector):
+    """Level shifts and trend changes (CUSUM on the baseline's residuals)."""
+
+    name = "level_shift"
+    components = (LevelShift,)
+
+
+@register
+class VarianceChangeDetector(ResidualDetector):
+    """Noise that grew beyond its usual size."""
+
+    name = "variance_change"
+    components = (VarianceChange,)
+
+
+@register
+class FlatlineDetector(ResidualDetector):
+    """A series stuck on one value."""
+
+    name = "flatline"
+    components = (Flatline,)
+
+
+@register
+class Ensemble(ResidualDetector):
+    """All of the above on one baseline: Vigil's default detector."""
+
+    name = "ensemble"
+    components = (Deviation, LevelShift, VarianceChange, Flatline)
