@@ -270,9 +270,7 @@ class AnomalyResult(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="anomalies")
     # NULL for a node-level (multivariate) anomaly; cluster and node are always set.
-    series = models.ForeignKey(
-        MetricSeries, on_delete=models.CASCADE, null=True, blank=True, related_name="anomalies"
-    )
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, null=True, blank=True, related_name="anomalies")
     cluster = models.CharField(max_length=200)
     node = models.CharField(max_length=200)
     metric = models.CharField(max_length=200, blank=True)
@@ -321,8 +319,8 @@ class AnomalyResult(models.Model):
         ]
 
     def __str__(self) -> str:
-        where = self.metric or "node"
-        return f"{self.label} on {self.cluster}/{self.node}/{where} at {self.peak_ts:%Y-%m-%d %H:%M} ({self.peak_score:.2f})"
+        where = f"{self.cluster}/{self.node}/{self.metric or 'node'}"
+        return f"{self.label} on {where} at {self.peak_ts:%Y-%m-%d %H:%M} ({self.peak_score:.2f})"
 
 
 class AnomalyScore(models.Model):

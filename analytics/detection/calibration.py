@@ -16,8 +16,10 @@ rate, and 1 - threshold is roughly the expected number of false alarms per serie
 
 Until the model has seen data, a conservative prior (an exponential with the given mean,
 worth `prior_weight` observations, heavier-tailed than a normal |z|) stands in, so a new
-series does not alarm on its first ripples. Points the detector found anomalous are not
-learned, so an incident does not teach the model that incidents are normal. Old
+series does not alarm on its first ripples. Points the detector found anomalous are learned
+with a fifth of the weight of normal ones: fully, an incident would teach the model that
+incidents are normal; not at all, the model would never see its own tail and a series whose
+statistic is heavier-tailed than the model thinks would alarm for ever. Old
 observations fade with a memory of `memory` points, so the model follows slow changes.
 """
 
@@ -121,14 +123,17 @@ class TailModel:
             return u
         return u + beta * float(np.log(TAIL_QUANTILE / p))
 
-    def learn(self, stat: np.ndarray, *, memory: float = 20_000.0) -> TailModel:
-        """The model after observing `stat` (decaying what it knew by their number)."""
+    def learn(self, stat: np.ndarray, weights: np.ndarray | None = None, *, memory: float = 20_000.0) -> TailModel:
+        """The model after observing `stat`, each with its weight (default 1), decaying what
+        it knew by their total weight."""
         stat = np.asarray(stat, dtype=np.float64)
-        stat = stat[np.isfinite(stat)]
+        weights = np.ones(len(stat)) if weights is None else np.asarray(weights, dtype=np.float64)
+        finite = np.isfinite(stat)
+        stat, weights = stat[finite], weights[finite]
         if not len(stat):
             return self
         bins = len(self.counts)
         index = np.minimum((np.maximum(stat, 0.0) / self.top * bins).astype(np.int64), bins - 1)
-        fresh = np.bincount(index, minlength=bins).astype(np.float64)
-        decay = np.exp(-len(stat) / memory)
+        fresh = np.bincount(index, weights=weights, minlength=bins)
+        decay = np.exp(-float(weights.sum()) / memory)
         return TailModel(top=self.top, counts=self.counts * decay + fresh)

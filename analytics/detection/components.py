@@ -17,6 +17,12 @@ from analytics.detection.calibration import TailModel, pack, unpack
 from analytics.detection.robust import MAD_TO_SD, MEAN_AD_TO_SD, block_references
 from analytics.detection.seasonal import Reference
 
+ANOMALOUS_WEIGHT = 0.2  # see calibration.py: how much an anomalous point teaches the tail models
+
+
+def learning_weights(normal: np.ndarray) -> np.ndarray:
+    return np.where(normal, 1.0, ANOMALOUS_WEIGHT)
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -37,6 +43,9 @@ class Assessment:
 
 class Component(ABC):
     name: ClassVar[str]
+    # Days of data before the component has a say: a statistic that moves slowly (a CUSUM, a
+    # slope) needs more history than one point's deviation before its tail can be trusted.
+    warmup_days: ClassVar[float] = 0.0
 
     @abstractmethod
     def initial_state(self) -> dict[str, Any]: ...
@@ -76,7 +85,7 @@ class Deviation(Component):
     def learn(
         self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
     ) -> dict[str, Any]:
-        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto][normal[:upto]])
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], learning_weights(normal[:upto]))
         return {"tail": tail.to_state()}
 
     def band(self, state: dict[str, Any], p: float) -> float:
@@ -87,16 +96,15 @@ class Deviation(Component):
 class LevelShift(Component):
     """Level shifts and trend changes: a two-sided CUSUM of the baseline's z, clipped so one
     spike cannot fire it. When it fires the caller moves the baseline to the new level
-    (`shift_at`) and the CUSUM restarts, so a shift is reported once and then is the norm.
-    A second shift the same way soon after the first is a trend change (a ramp the adaptive
-    level keeps falling behind)."""
+    (`shift_at`) and the CUSUM restarts, so a shift is reported once and then is the norm."""
 
     name = "level_shift"
+    warmup_days = 2.0
     K = 0.5  # allowance, in sds: half the smallest shift worth finding quickly
     CLIP = 4.0
 
     def initial_state(self) -> dict[str, Any]:
-        return {"up": 0.0, "down": 0.0, "tail": TailModel.prior(mean=1.5, top=48.0).to_state(), "last": None}
+        return {"up": 0.0, "down": 0.0, "tail": TailModel.prior(mean=1.5, top=48.0).to_state()}
 
     def assess(self, state: dict[str, Any], chunk: Chunk) -> Assessment:
         # Nothing accumulates while the baseline is still warming up.
@@ -107,10 +115,6 @@ class LevelShift(Component):
         p = TailModel.from_state(state["tail"]).probability(stat)
         direction = np.where(up >= down, 1, -1)
         label = np.full(len(y), "level_shift", dtype=object)
-        last = state["last"]
-        if last is not None:
-            recent = (chunk.ts - last[0] <= 4 * 60 * chunk.interval) & (direction == last[1])
-            label[recent] = "trend_change"
         return Assessment(p=p, label=label, stat=stat, extra={"up": up, "down": down, "direction": direction})
 
     def shift_at(self, chunk: Chunk, assessment: Assessment, i: int) -> float:
@@ -124,7 +128,7 @@ class LevelShift(Component):
     def learn(
         self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
     ) -> dict[str, Any]:
-        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto][normal[:upto]])
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], learning_weights(normal[:upto]))
         return {
             **state,
             "up": float(assessment.extra["up"][upto - 1]),
@@ -132,10 +136,37 @@ class LevelShift(Component):
             "tail": tail.to_state(),
         }
 
-    def confirmed(self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, i: int) -> dict[str, Any]:
-        """The state after a shift confirmed at point i: the CUSUM starts again from 0."""
-        last = [float(chunk.ts[i]), int(assessment.extra["direction"][i])]
-        return {**state, "up": 0.0, "down": 0.0, "last": last}
+    def confirmed(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The state after a confirmed shift: the CUSUM starts again from 0."""
+        return {**state, "up": 0.0, "down": 0.0}
+
+
+class TrendChange(Component):
+    """A level that moved away gradually: the fast level (the last hour or so) against the
+    slow one (about a day), in sds. A sudden move is the level-shift component's, which is
+    quicker; a ramp the fast level follows shows here. When it fires the slow level settles
+    on the fast one, so a ramp is reported once, not for the day the slow level would take."""
+
+    name = "trend_change"
+    warmup_days = 2.0
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"tail": TailModel.prior(mean=1.0, top=16.0).to_state()}
+
+    def assess(self, state: dict[str, Any], chunk: Chunk) -> Assessment:
+        ref = chunk.ref
+        if ref.anchor is None:
+            stat = np.zeros(len(chunk.ts))
+        else:
+            stat = np.where(chunk.warming, 0.0, np.abs(ref.level - ref.anchor) / ref.scale)
+        p = TailModel.from_state(state["tail"]).probability(stat)
+        return Assessment(p=p, label=np.full(len(stat), "trend_change", dtype=object), stat=stat)
+
+    def learn(
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+    ) -> dict[str, Any]:
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], learning_weights(normal[:upto]))
+        return {"tail": tail.to_state()}
 
 
 def _cusum(start: float, increments: np.ndarray) -> np.ndarray:
@@ -169,7 +200,7 @@ class VarianceChange(Component):
         if long is None or len(recent) < self.WINDOW:
             ones = np.ones(len(residual))
             return Assessment(p=ones, label=np.full(len(residual), "variance_change"), stat=np.zeros(len(residual)))
-        centre, _ = block_references(recent, residual, window=self.WINDOW, stride=self.STRIDE)
+        centre, _, _ = block_references(recent, residual, window=self.WINDOW, stride=self.STRIDE)
         stat = np.maximum(0.0, np.log(np.maximum(centre * MAD_TO_SD, 1e-12) / long))
         p = TailModel.from_state(state["tail"]).probability(stat)
         return Assessment(p=p, label=np.full(len(residual), "variance_change"), stat=stat)
@@ -190,7 +221,7 @@ class VarianceChange(Component):
                 clipped = np.minimum(fresh, 4 * long) * MEAN_AD_TO_SD
                 weight = 1 - np.exp(-len(fresh) / self.MEMORY)
                 long = max(long + weight * (float(clipped.mean()) - long), 1e-9)
-        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto][normal[:upto]])
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], learning_weights(normal[:upto]))
         return {"long": long, "recent": pack(recent), "tail": tail.to_state()}
 
 

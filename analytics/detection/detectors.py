@@ -18,7 +18,16 @@ import numpy as np
 
 from analytics.detection.base import Detector, Scores, State, register
 from analytics.detection.calibration import probability_for_score, score_from_probability
-from analytics.detection.components import Assessment, Chunk, Component, Deviation, Flatline, LevelShift, VarianceChange
+from analytics.detection.components import (
+    Assessment,
+    Chunk,
+    Component,
+    Deviation,
+    Flatline,
+    LevelShift,
+    TrendChange,
+    VarianceChange,
+)
 from analytics.detection.robust import interval_update, per_day
 from analytics.detection.seasonal import Baseline
 
@@ -38,7 +47,16 @@ class ResidualDetector(Detector):
     def initial_state(self) -> State:
         return {
             "last_ts": None,
+            "last_value": None,
             "interval": None,
+            "counter": None,  # decided after min_points: a monotonic counter is scored as a rate
+            "rises": 0,
+            "falls": 0,
+            **self._learned_state(),
+        }
+
+    def _learned_state(self) -> State:
+        return {
             "seen": 0,
             "baseline": self.baseline.initial_state(),
             "band": self.deviation.initial_state(),
@@ -49,13 +67,37 @@ class ResidualDetector(Detector):
         interval = interval_update(state["interval"], state["last_ts"], ts) or 60.0
         n_day = per_day(interval)
         p_threshold = probability_for_score(self.threshold, n_day)
+        previous_ts, previous = state["last_ts"], state["last_value"]
+        raw = vs
+        diffs = vs - np.concatenate([[np.nan if previous is None else previous], vs[:-1]])
+        if state["counter"]:
+            gaps = ts - np.concatenate([[np.nan if previous_ts is None else previous_ts], ts[:-1]])
+            vs = np.where(diffs >= 0, diffs, vs) / gaps  # a reset restarts from 0
+            vs[~np.isfinite(vs)] = 0.0
         state = {**state, "interval": interval}
         parts: list[Scores] = []
         start = 0
         while start < len(ts):
             scores, state, start = self._segment(state, ts, vs, start, n_day, p_threshold, interval)
             parts.append(scores)
+        state["last_value"] = float(raw[-1])
+        if state["counter"] is None:
+            state = self._counter_decide(state, diffs)
         return Scores.concatenate(parts), state
+
+    def _counter_decide(self, state: State, diffs: np.ndarray) -> State:
+        """Counters (values that only go up, but for resets) are scored as per-second rates, as
+        anyone graphs them: decided once, on the first `min_points` points; learning then starts
+        afresh on the rates."""
+        rises = state["rises"] + int((diffs > 0).sum())
+        falls = state["falls"] + int((diffs < 0).sum())
+        state = {**state, "rises": rises, "falls": falls}
+        total = rises + falls
+        if state["seen"] < self.min_points or total == 0:
+            return state
+        if falls <= 0.01 * total and rises >= 0.5 * self.min_points:
+            return {**state, "counter": True, **self._learned_state()}
+        return {**state, "counter": False}
 
     def _segment(
         self,
@@ -73,7 +115,9 @@ class ResidualDetector(Detector):
         warming = state["seen"] + np.arange(1, len(ts) + 1) <= self.min_points
         chunk = Chunk(ts=ts, vs=vs, ref=ref, interval=interval, warming=warming)
         assessments = self._assess(state, chunk, p_threshold)
-        p_all = np.vstack([a.p for a in assessments])
+        seen = state["seen"] + np.arange(1, len(ts) + 1)
+        pairs = zip(self.parts, assessments, strict=True)
+        p_all = np.vstack([np.where(seen > part.warmup_days * n_day, a.p, 1.0) for part, a in pairs])
         best = np.argmin(p_all, axis=0)
         p = np.minimum(1.0, p_all[best, np.arange(len(ts))] * len(self.parts))
         score = score_from_probability(p, n_day)
@@ -85,11 +129,13 @@ class ResidualDetector(Detector):
         # whether the chunk is a day of backfill or one streamed point.
         fired = np.flatnonzero(anomalous)
         upto = int(fired[0]) + 1 if len(fired) else len(ts)
-        shift, shift_part = 0.0, None
+        shift, shift_part, settled = 0.0, None, None
         for i, part in enumerate(self.parts):
-            confirmed = len(fired) and assessments[i].p[upto - 1] * len(self.parts) <= p_threshold
+            confirmed = len(fired) and p_all[i, upto - 1] * len(self.parts) <= p_threshold
             if isinstance(part, LevelShift) and confirmed:
                 shift, shift_part = part.shift_at(chunk, assessments[i], upto - 1), i
+            elif isinstance(part, TrendChange) and confirmed and shift_part is None:
+                settled = i
 
         labels = np.empty(upto, dtype=object)
         names = np.empty(upto, dtype=object)
@@ -99,9 +145,10 @@ class ResidualDetector(Detector):
             names[mine] = part.name
         labels[~anomalous[:upto]] = ""
         names[~anomalous[:upto]] = ""
-        if shift_part is not None:  # the point that confirmed a shift carries its label, whoever was most sure
-            labels[upto - 1] = assessments[shift_part].label[upto - 1]
-            names[upto - 1] = LevelShift.name
+        for change in (settled, shift_part):  # a confirmed change labels its point, whoever was most sure
+            if change is not None:
+                labels[upto - 1] = assessments[change].label[upto - 1]
+                names[upto - 1] = self.parts[change].name
         band = self.deviation.band(state["band"], p_threshold) * ref.scale[:upto]
         scores = Scores(
             timestamps=ts[:upto],
@@ -115,14 +162,16 @@ class ResidualDetector(Detector):
             anomalous=anomalous[:upto],
             label=labels,
             detector=names,
-            info={"period": ref.period},
+            info={"period": ref.period, "rate": bool(state["counter"])},
         )
         state = self._learn(state, chunk, assessments, ~anomalous, upto, interval)
         if shift_part is not None:
             part = self.parts[shift_part]
             assert isinstance(part, LevelShift)
-            state[part.name] = part.confirmed(state[part.name], chunk, assessments[shift_part], upto - 1)
+            state[part.name] = part.confirmed(state[part.name])
             state["baseline"] = self.baseline.rebase(state["baseline"], shift)
+        elif settled is not None:
+            state["baseline"] = self.baseline.settle(state["baseline"], float(ref.level[upto - 1]))
         return scores, state, start + upto
 
     def _assess(self, state: State, chunk: Chunk, p_threshold: float) -> list[Assessment]:
@@ -174,6 +223,8 @@ def _head(ref: Any, upto: int) -> Any:
         scale=ref.scale[:upto],
         z=ref.z[:upto],
         deseasonalised=ref.deseasonalised[:upto],
+        level=ref.level[:upto],
+        slope=ref.slope[:upto],
     )
 
 
@@ -191,6 +242,14 @@ class LevelShiftDetector(ResidualDetector):
 
     name = "level_shift"
     components = (LevelShift,)
+
+
+@register
+class TrendChangeDetector(ResidualDetector):
+    """A level that keeps moving where it usually does not."""
+
+    name = "trend_change"
+    components = (TrendChange,)
 
 
 @register
@@ -214,4 +273,4 @@ class Ensemble(ResidualDetector):
     """All of the above on one baseline: Vigil's default detector."""
 
     name = "ensemble"
-    components = (Deviation, LevelShift, VarianceChange, Flatline)
+    components = (Deviation, LevelShift, TrendChange, VarianceChange, Flatline)

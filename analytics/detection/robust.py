@@ -34,12 +34,13 @@ def robust_scale(windows: np.ndarray, centre: np.ndarray) -> np.ndarray:
 
 def block_references(
     history: np.ndarray, values: np.ndarray, *, window: int, stride: int, trend: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Median and robust scale for each new value, from the `window` values before its block.
 
     `history` holds at least `window` earlier values. With `trend`, the median is carried
     forward along the window's robust slope (the difference of the medians of its halves),
     so a rolling median on a steady rise or a daily curve does not lag half a window behind.
+    Returns per new value (median, scale, slope per point); the slope is 0 without `trend`.
     """
     buffer = np.concatenate([history[-window:], values])
     starts = np.arange(0, len(values), stride)
@@ -48,17 +49,17 @@ def block_references(
     scale = robust_scale(windows, centre)
     counts = np.diff(np.append(starts, len(values)))
     centre, scale = np.repeat(centre, counts), np.repeat(scale, counts)
-    if trend:
-        half = window // 2
-        slope = (np.median(windows[:, half:], axis=1) - np.median(windows[:, :half], axis=1)) / half
-        ahead = (window - 1) / 2 + 1 + (np.arange(len(values)) - np.repeat(starts, counts))
-        centre = centre + np.repeat(slope, counts) * ahead
-    return centre, scale
+    if not trend:
+        return centre, scale, np.zeros(len(values))
+    half = window // 2
+    slope = np.repeat((np.median(windows[:, half:], axis=1) - np.median(windows[:, :half], axis=1)) / half, counts)
+    ahead = (window - 1) / 2 + 1 + (np.arange(len(values)) - np.repeat(starts, counts))
+    return centre + slope * ahead, scale, slope
 
 
 def rolling_reference(
     recent: np.ndarray, values: np.ndarray, *, window: int, stride: int, trend: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per new value: median and scale of the `window` values before it (see block_references).
 
     While fewer than `window` values exist (a new series), the first values see a growing
@@ -67,7 +68,7 @@ def rolling_reference(
     missing = window - len(recent)
     if missing <= 0:
         return block_references(recent, values, window=window, stride=stride, trend=trend)
-    centre, scale = np.empty(len(values)), np.empty(len(values))
+    centre, scale, slope = np.empty(len(values)), np.empty(len(values)), np.zeros(len(values))
     head = min(missing, len(values))
     buffer = np.concatenate([recent, values])
     for i in range(head):
@@ -77,10 +78,10 @@ def rolling_reference(
         centre[i] = np.median(past)
         scale[i] = robust_scale(past[None, :], centre[i : i + 1])[0]
     if head < len(values):
-        centre[head:], scale[head:] = block_references(
+        centre[head:], scale[head:], slope[head:] = block_references(
             buffer[: len(recent) + head], values[head:], window=window, stride=stride, trend=trend
         )
-    return centre, scale
+    return centre, scale, slope
 
 
 def interval_update(interval: float | None, last_ts: float | None, ts: np.ndarray) -> float | None:
@@ -120,7 +121,7 @@ class RobustZScore(Detector):
 
     def _score(self, state: State, ts: np.ndarray, vs: np.ndarray) -> tuple[Scores, State]:
         recent = unpack(state["recent"])
-        centre, scale = rolling_reference(recent, vs, window=self.window, stride=self.stride)
+        centre, scale, _ = rolling_reference(recent, vs, window=self.window, stride=self.stride)
         tail = TailModel.from_state(state["tail"])
         interval = interval_update(state["interval"], state["last_ts"], ts)
         n_day = per_day(interval)

@@ -82,6 +82,9 @@ class Reference:
     scale: np.ndarray
     z: np.ndarray
     deseasonalised: np.ndarray
+    level: np.ndarray  # the fast level of the deseasonalised values, per point
+    anchor: float | None  # their slow level
+    slope: np.ndarray  # of the level, per point
     period: float | None
     typical_low: float
     typical_high: float
@@ -100,7 +103,7 @@ class Baseline:
             "spread": pack(np.empty(0)),
             "visits": pack(np.empty(0)),
             "recent": pack(np.empty(0)),
-            "anchor": 0.0,  # the slow level of the deseasonalised values
+            "anchor": None,  # the slow level of the deseasonalised values (about a day)
             "hours": pack(np.full(HISTORY_HOURS, np.nan)),
             "hour_end": None,  # ts // 3600 of the newest slot of `hours`, the hour in progress
             "hour_count": 0,  # points in that hour so far
@@ -118,7 +121,7 @@ class Baseline:
             learned = (visits[b0] >= 3) & (visits[b1] >= 3)
             phase_scale = np.where(learned, spread[b0] * (1 - frac) + spread[b1] * frac, 0.0)
         deseasonalised = vs - seasonal
-        level, window_scale = rolling_reference(
+        level, window_scale, slope = rolling_reference(
             unpack(state["recent"]), deseasonalised, window=self.window, stride=self.stride, trend=True
         )
         scale = window_scale if phase_scale is None else np.maximum(window_scale, phase_scale)
@@ -131,6 +134,9 @@ class Baseline:
             scale=scale,
             z=(vs - expected) / scale,
             deseasonalised=deseasonalised,
+            level=level,
+            anchor=state["anchor"],
+            slope=slope,
             period=period,
             typical_low=float(low),
             typical_high=float(high),
@@ -148,17 +154,21 @@ class Baseline:
         state["recent"] = pack(recent)
         period = state["period"]
         profile, spread, visits = unpack(state["profile"]), unpack(state["spread"]), unpack(state["visits"])
-        if period and len(profile) and normal.any():
+        if not normal.any():
+            return self._history(state, ts, vs, interval)
+        limit = CLIP * ref.scale[normal]
+        anchor = state["anchor"]
+        if anchor is None:
+            anchor = float(np.median(ref.deseasonalised[normal]))
+        # The profile learns the shape around the slow level (the anchor), not around the fast
+        # one: the fast level would absorb any slowly varying error of the profile and leave it
+        # uncorrected, and it is frozen during an anomaly.
+        shape = np.clip(ref.deseasonalised[normal] - anchor, -limit, limit)
+        weight = 1 - np.exp(-len(shape) * interval / 86_400.0)
+        state["anchor"] = anchor + weight * float(np.median(shape))
+        if period and len(profile):
             b0, _, _ = _bins(ts[normal], period, len(profile))
-            limit = CLIP * ref.scale[normal]
             residual = np.clip(vs[normal] - ref.expected[normal], -limit, limit)
-            # The profile learns the shape around the slow level (the anchor), not around the
-            # fast one: the fast level would absorb any slowly varying error of the profile
-            # and leave it uncorrected, and it is frozen during an anomaly.
-            anchor = state["anchor"]
-            shape = np.clip(ref.deseasonalised[normal] - anchor, -limit, limit)
-            weight = 1 - np.exp(-len(shape) * interval / 86_400.0)
-            state["anchor"] = anchor + weight * float(np.median(shape))
             per_cycle = max(1.0, period / len(profile) / interval)  # points a bin gets per cycle
             rate = PROFILE_RATE / per_cycle
             count = np.bincount(b0, minlength=len(profile))
@@ -174,7 +184,12 @@ class Baseline:
 
     def rebase(self, state: dict[str, Any], delta: float) -> dict[str, Any]:
         """Move the level by `delta` at once (a confirmed level shift)."""
-        return {**state, "recent": pack(unpack(state["recent"]) + delta), "anchor": state["anchor"] + delta}
+        anchor = state["anchor"] + delta if state["anchor"] is not None else None
+        return {**state, "recent": pack(unpack(state["recent"]) + delta), "anchor": anchor}
+
+    def settle(self, state: dict[str, Any], level: float) -> dict[str, Any]:
+        """Take `level` as the new normal at once (a confirmed trend change has ended somewhere)."""
+        return {**state, "anchor": level}
 
     def _history(self, state: dict[str, Any], ts: np.ndarray, vs: np.ndarray, interval: float) -> dict[str, Any]:
         """Fold the chunk into the hourly means (the newest slot is the hour in progress)."""
@@ -240,7 +255,7 @@ class Baseline:
             "spread": pack(np.zeros(bins)),
             "visits": pack(np.zeros(bins)),
             "recent": pack(recent),
-            "anchor": 0.0,
+            "anchor": float(np.median(recent)) if len(recent) else None,
         }
 
 
