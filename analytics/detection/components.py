@@ -20,8 +20,10 @@ from analytics.detection.seasonal import Reference
 ANOMALOUS_WEIGHT = 0.2  # see calibration.py: how much an anomalous point teaches the tail models
 
 
-def learning_weights(normal: np.ndarray) -> np.ndarray:
-    return np.where(normal, 1.0, ANOMALOUS_WEIGHT)
+def learning_weights(normal: np.ndarray, warming: np.ndarray) -> np.ndarray:
+    """What a point teaches: nothing while the component warms up (its statistic is not yet
+    meaningful, e.g. before the seasonality is known), less when it was anomalous."""
+    return np.where(warming, 0.0, np.where(normal, 1.0, ANOMALOUS_WEIGHT))
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class Component(ABC):
     # Days of data before the component has a say: a statistic that moves slowly (a CUSUM, a
     # slope) needs more history than one point's deviation before its tail can be trusted.
     warmup_days: ClassVar[float] = 0.0
+    # Whether the statistic seen during the warm-up is worth learning: a CUSUM's is (it only
+    # makes the model more careful), the slow level's is not (it swings with the daily cycle
+    # until the seasonality is known).
+    learns_while_warming: ClassVar[bool] = True
 
     @abstractmethod
     def initial_state(self) -> dict[str, Any]: ...
@@ -55,9 +61,10 @@ class Component(ABC):
 
     @abstractmethod
     def learn(
-        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, weights: np.ndarray, upto: int
     ) -> dict[str, Any]:
-        """The state after the first `upto` points of the chunk; `normal` marks the points it may learn from."""
+        """The state after the first `upto` points of the chunk, learning each point with its
+        weight (`learning_weights`: 1 normal, less when anomalous, 0 while still warming up)."""
 
 
 class Deviation(Component):
@@ -83,9 +90,9 @@ class Deviation(Component):
         return Assessment(p=p, label=label, stat=stat)
 
     def learn(
-        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, weights: np.ndarray, upto: int
     ) -> dict[str, Any]:
-        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], learning_weights(normal[:upto]))
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], weights[:upto])
         return {"tail": tail.to_state()}
 
     def band(self, state: dict[str, Any], p: float) -> float:
@@ -126,9 +133,9 @@ class LevelShift(Component):
         return float(np.median(residual))
 
     def learn(
-        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, weights: np.ndarray, upto: int
     ) -> dict[str, Any]:
-        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], learning_weights(normal[:upto]))
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], weights[:upto])
         return {
             **state,
             "up": float(assessment.extra["up"][upto - 1]),
@@ -149,6 +156,7 @@ class TrendChange(Component):
 
     name = "trend_change"
     warmup_days = 2.0
+    learns_while_warming = False
 
     def initial_state(self) -> dict[str, Any]:
         return {"tail": TailModel.prior(mean=1.0, top=16.0).to_state()}
@@ -163,9 +171,9 @@ class TrendChange(Component):
         return Assessment(p=p, label=np.full(len(stat), "trend_change", dtype=object), stat=stat)
 
     def learn(
-        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, weights: np.ndarray, upto: int
     ) -> dict[str, Any]:
-        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], learning_weights(normal[:upto]))
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], weights[:upto])
         return {"tail": tail.to_state()}
 
 
@@ -206,7 +214,7 @@ class VarianceChange(Component):
         return Assessment(p=p, label=np.full(len(residual), "variance_change"), stat=stat)
 
     def learn(
-        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, weights: np.ndarray, upto: int
     ) -> dict[str, Any]:
         residual = np.abs(chunk.vs[:upto] - chunk.ref.expected[:upto])
         recent = np.concatenate([unpack(state["recent"]), residual])[-self.WINDOW :]
@@ -221,7 +229,7 @@ class VarianceChange(Component):
                 clipped = np.minimum(fresh, 4 * long) * MEAN_AD_TO_SD
                 weight = 1 - np.exp(-len(fresh) / self.MEMORY)
                 long = max(long + weight * (float(clipped.mean()) - long), 1e-9)
-        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], learning_weights(normal[:upto]))
+        tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], weights[:upto])
         return {"long": long, "recent": pack(recent), "tail": tail.to_state()}
 
 
@@ -255,10 +263,10 @@ class Flatline(Component):
         return Assessment(p=p, label=np.full(len(vs), "flatline"), stat=run.astype(np.float64), extra={"same": same})
 
     def learn(
-        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, normal: np.ndarray, upto: int
+        self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, weights: np.ndarray, upto: int
     ) -> dict[str, Any]:
         same = assessment.extra["same"][:upto]
-        learned = same[normal[:upto]]
+        learned = same[weights[:upto] == 1.0]
         decay = np.exp(-len(learned) / self.MEMORY)
         return {
             "last": float(chunk.vs[upto - 1]),

@@ -27,9 +27,12 @@ from analytics.detection.components import (
     LevelShift,
     TrendChange,
     VarianceChange,
+    learning_weights,
 )
 from analytics.detection.robust import interval_update, per_day
 from analytics.detection.seasonal import Baseline
+
+UNDO_SECONDS = 6 * 3600.0
 
 
 class ResidualDetector(Detector):
@@ -58,6 +61,7 @@ class ResidualDetector(Detector):
     def _learned_state(self) -> State:
         return {
             "seen": 0,
+            "undo": None,  # [size, until]: the last level shift, undone if the series returns
             "baseline": self.baseline.initial_state(),
             "band": self.deviation.initial_state(),
             **{part.name: part.initial_state() for part in self.parts},
@@ -123,12 +127,17 @@ class ResidualDetector(Detector):
         score = score_from_probability(p, n_day)
         score[warming] = 0.0
         anomalous = (score >= self.threshold) & ~warming
+        reverted = self._returned(state, ts, vs, ref, anomalous)
+        if reverted is not None:
+            score[reverted], anomalous[reverted] = 0.0, False
 
         # The segment ends at the first anomalous point: what the baseline learns from the
         # points after it must not include it (a spike or a stuck value would drag the level),
         # whether the chunk is a day of backfill or one streamed point.
         fired = np.flatnonzero(anomalous)
         upto = int(fired[0]) + 1 if len(fired) else len(ts)
+        if reverted is not None and reverted < upto:
+            upto, fired = reverted + 1, fired[:0]
         shift, shift_part, settled = 0.0, None, None
         for i, part in enumerate(self.parts):
             confirmed = len(fired) and p_all[i, upto - 1] * len(self.parts) <= p_threshold
@@ -165,14 +174,40 @@ class ResidualDetector(Detector):
             info={"period": ref.period, "rate": bool(state["counter"])},
         )
         state = self._learn(state, chunk, assessments, ~anomalous, upto, interval)
+        if state["undo"] is not None and (reverted is not None or ts[upto - 1] > state["undo"][1]):
+            if reverted is not None:
+                state["baseline"] = self.baseline.rebase(state["baseline"], -state["undo"][0])
+                state = self._cusum_restart(state)
+            state["undo"] = None
         if shift_part is not None:
-            part = self.parts[shift_part]
-            assert isinstance(part, LevelShift)
-            state[part.name] = part.confirmed(state[part.name])
+            state = self._cusum_restart(state)
             state["baseline"] = self.baseline.rebase(state["baseline"], shift)
+            state["undo"] = [shift, float(ts[upto - 1]) + UNDO_SECONDS]
         elif settled is not None:
             state["baseline"] = self.baseline.settle(state["baseline"], float(ref.level[upto - 1]))
         return scores, state, start + upto
+
+    def _returned(self, state: State, ts: np.ndarray, vs: np.ndarray, ref: Any, anomalous: np.ndarray) -> int | None:
+        """The first anomalous point, if it is back at the level from before the last shift.
+
+        A shift followed by a return within UNDO_SECONDS was a temporary change (a seasonal
+        break, an outage): the return is the end of that anomaly, not a new one, so the
+        baseline goes back to where it was and the point is not anomalous."""
+        if state["undo"] is None or not anomalous.any():
+            return None
+        delta, until = state["undo"]
+        first = int(np.flatnonzero(anomalous)[0])
+        before = ref.expected[first] - delta
+        # Back means closer to the old level than to the new one.
+        if ts[first] <= until and abs(vs[first] - before) < 0.5 * abs(delta):
+            return first
+        return None
+
+    def _cusum_restart(self, state: State) -> State:
+        for part in self.parts:
+            if isinstance(part, LevelShift):
+                state = {**state, part.name: part.confirmed(state[part.name])}
+        return state
 
     def _assess(self, state: State, chunk: Chunk, p_threshold: float) -> list[Assessment]:
         """Every component's view of the chunk. Points stuck on one value are the flatline's:
@@ -204,10 +239,14 @@ class ResidualDetector(Detector):
         ts, vs = chunk.ts[:upto], chunk.vs[:upto]
         head = Chunk(ts=ts, vs=vs, ref=chunk.ref, interval=interval, warming=chunk.warming)
         new = dict(state)
+        seen = state["seen"] + np.arange(1, len(chunk.ts) + 1)
+        n_day = per_day(interval)
         for part, assessment in zip(self.parts, assessments, strict=True):
-            new[part.name] = part.learn(state[part.name], chunk, assessment, normal, upto)
+            warming = chunk.warming if part.learns_while_warming else seen <= part.warmup_days * n_day
+            weights = learning_weights(normal, warming)
+            new[part.name] = part.learn(state[part.name], chunk, assessment, weights, upto)
         band = self.deviation.assess(state["band"], chunk)
-        new["band"] = self.deviation.learn(state["band"], chunk, band, normal, upto)
+        new["band"] = self.deviation.learn(state["band"], chunk, band, learning_weights(normal, chunk.warming), upto)
         new["baseline"] = self.baseline.learn(
             state["baseline"], head.ts, head.vs, _head(chunk.ref, upto), normal[:upto], interval
         )
