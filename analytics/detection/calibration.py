@@ -55,9 +55,17 @@ def probability_for_score(score: float, per_day: float) -> float:
     return float(-np.expm1(np.log(score) / max(per_day, 1.0)))
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def pack(array: np.ndarray) -> str:
-    """A float array as compact, JSON-safe text (little-endian float32, base64)."""
-    return base64.b64encode(np.asarray(array, dtype="<f4").tobytes()).decode("ascii")
+    """A float array as compact, JSON-safe text (little-endian float32, base64).
+
+    Values beyond float32's range (about 3.4e38) are saturated rather than turned into
+    infinities: a detector's memory of an absurd value stays finite.
+    """
+    clipped = np.clip(np.asarray(array, dtype=np.float64), -FLOAT32_MAX, FLOAT32_MAX)
+    return base64.b64encode(clipped.astype("<f4").tobytes()).decode("ascii")
 
 
 def unpack(text: str) -> np.ndarray:
@@ -133,7 +141,8 @@ class TailModel:
         if not len(stat):
             return self
         bins = len(self.counts)
-        index = np.minimum((np.maximum(stat, 0.0) / self.top * bins).astype(np.int64), bins - 1)
+        # Clipped before the cast: a statistic of 1e30 belongs in the last bin, not in an overflow.
+        index = (np.clip(stat, 0.0, self.top) / self.top * bins).astype(np.int64).clip(0, bins - 1)
         fresh = np.bincount(index, weights=weights, minlength=bins)
         decay = np.exp(-float(weights.sum()) / memory)
         return TailModel(top=self.top, counts=self.counts * decay + fresh)

@@ -108,10 +108,11 @@ class LevelShift(Component):
     name = "level_shift"
     warmup_days = 2.0
     K = 0.5  # allowance, in sds: half the smallest shift worth finding quickly
+    MIN_SHIFT = 2.5
     CLIP = 4.0
 
     def initial_state(self) -> dict[str, Any]:
-        return {"up": 0.0, "down": 0.0, "tail": TailModel.prior(mean=1.5, top=48.0).to_state()}
+        return {"up": 0.0, "down": 0.0, "up_n": 0, "down_n": 0, "tail": TailModel.prior(mean=1.5, top=48.0).to_state()}
 
     def assess(self, state: dict[str, Any], chunk: Chunk) -> Assessment:
         # Nothing accumulates while the baseline is still warming up.
@@ -121,8 +122,16 @@ class LevelShift(Component):
         stat = np.maximum(up, down)
         p = TailModel.from_state(state["tail"]).probability(stat)
         direction = np.where(up >= down, 1, -1)
+        # A CUSUM also climbs on a long run of small same-signed residuals (noise that drifts,
+        # a slightly wrong seasonal profile). Only a step as large as MIN_SHIFT sds on average
+        # since the CUSUM left 0 is a level shift a person would call one.
+        up_n, down_n = _run_lengths(up > 0, state.get("up_n", 0)), _run_lengths(down > 0, state.get("down_n", 0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(direction > 0, up / up_n, down / down_n) + self.K
+        p = np.where(mean >= self.MIN_SHIFT, p, 1.0)
         label = np.full(len(y), "level_shift", dtype=object)
-        return Assessment(p=p, label=label, stat=stat, extra={"up": up, "down": down, "direction": direction})
+        extra = {"up": up, "down": down, "direction": direction, "up_n": up_n, "down_n": down_n}
+        return Assessment(p=p, label=label, stat=stat, extra=extra)
 
     def shift_at(self, chunk: Chunk, assessment: Assessment, i: int) -> float:
         """The size of the shift confirmed at point i: the mean residual since the CUSUM left 0."""
@@ -140,12 +149,14 @@ class LevelShift(Component):
             **state,
             "up": float(assessment.extra["up"][upto - 1]),
             "down": float(assessment.extra["down"][upto - 1]),
+            "up_n": int(assessment.extra["up_n"][upto - 1]),
+            "down_n": int(assessment.extra["down_n"][upto - 1]),
             "tail": tail.to_state(),
         }
 
     def confirmed(self, state: dict[str, Any]) -> dict[str, Any]:
         """The state after a confirmed shift: the CUSUM starts again from 0."""
-        return {**state, "up": 0.0, "down": 0.0}
+        return {**state, "up": 0.0, "down": 0.0, "up_n": 0, "down_n": 0}
 
 
 class TrendChange(Component):
@@ -175,6 +186,13 @@ class TrendChange(Component):
     ) -> dict[str, Any]:
         tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], weights[:upto])
         return {"tail": tail.to_state()}
+
+
+def _run_lengths(on: np.ndarray, carried: int) -> np.ndarray:
+    """For each point, how many consecutive points up to it are `on` (plus `carried` before)."""
+    count = np.cumsum(on)
+    reset = np.maximum.accumulate(np.where(~on, count, 0))
+    return count - reset + np.where(np.cumsum(~on) > 0, 0, carried)
 
 
 def _cusum(start: float, increments: np.ndarray) -> np.ndarray:
@@ -219,16 +237,18 @@ class VarianceChange(Component):
         residual = np.abs(chunk.vs[:upto] - chunk.ref.expected[:upto])
         recent = np.concatenate([unpack(state["recent"]), residual])[-self.WINDOW :]
         long = state["long"]
-        # The long-run spread learns from every point (clipped), so a lasting change of the noise
-        # becomes the norm within about MEMORY points instead of alarming for ever.
-        fresh = residual
-        if len(fresh):
-            if long is None:
-                long = max(float(np.median(fresh)) * MAD_TO_SD, 1e-9)
-            else:
-                clipped = np.minimum(fresh, 4 * long) * MEAN_AD_TO_SD
-                weight = 1 - np.exp(-len(fresh) / self.MEMORY)
-                long = max(long + weight * (float(clipped.mean()) - long), 1e-9)
+        # The long-run spread starts once a full window of residuals exists (one residual of 0
+        # would make every later one look huge), floored by the baseline's own scale. It then
+        # learns from every point (clipped), so a lasting change of the noise becomes the norm
+        # within about MEMORY points instead of alarming for ever.
+        long = state["long"]
+        if long is None:
+            if len(recent) >= self.WINDOW:
+                long = max(float(np.median(recent)) * MAD_TO_SD, float(np.median(chunk.ref.scale[:upto])))
+        else:
+            clipped = np.minimum(residual, 4 * long) * MEAN_AD_TO_SD
+            weight = 1 - np.exp(-len(residual) / self.MEMORY)
+            long = max(long + weight * (float(clipped.mean()) - long), 1e-12)
         tail = TailModel.from_state(state["tail"]).learn(assessment.stat[:upto], weights[:upto])
         return {"long": long, "recent": pack(recent), "tail": tail.to_state()}
 

@@ -26,13 +26,14 @@ HOUR = 3600.0
 HISTORY_HOURS = 21 * 24
 DAY_HOURS, WEEK_HOURS = 24, 168
 MIN_AUTOCORRELATION = 0.3
+KEEP_AUTOCORRELATION = 0.15
 # Profile resolution: 5-minute bins for a daily period, 30-minute bins for a weekly one.
 MAX_BINS = {DAY_HOURS: 288, WEEK_HOURS: 336}
 PROFILE_RATE = 0.2  # share of a bin's expected value renewed per cycle
 CLIP = 3.0  # residuals learned by the profile and spread are clipped at this many sds
 
 
-def period_detect(hours: np.ndarray) -> float | None:
+def period_detect(hours: np.ndarray, current: float | None = None) -> float | None:
     """The seasonality of hourly means (oldest first, NaN where missing), in seconds, or None.
 
     Daily needs two days of data, weekly two weeks; weekly wins over daily only when its
@@ -58,16 +59,23 @@ def period_detect(hours: np.ndarray) -> float | None:
         denominator = a.std() * b.std()
         return float(((a - a.mean()) * (b - b.mean())).mean() / denominator) if denominator > 0 else -1.0
 
+    def significant(lag: int) -> float:
+        """The autocorrelation noise alone reaches rarely (3 sds of it) on this many pairs."""
+        return max(MIN_AUTOCORRELATION, 3.0 / np.sqrt(max(len(y) - lag, 1)))
+
+    if current is not None and acf(round(current / HOUR)) >= KEEP_AUTOCORRELATION:
+        return current  # hysteresis: a period once found is kept while it is still there
     daily, weekly = acf(DAY_HOURS), acf(WEEK_HOURS) if len(y) >= 2 * WEEK_HOURS else -1.0
-    if weekly >= MIN_AUTOCORRELATION and weekly > daily + 0.1:
+    if weekly >= significant(WEEK_HOURS) and weekly > daily + 0.1:
         return WEEK_HOURS * HOUR
-    if daily >= MIN_AUTOCORRELATION:
+    if daily >= significant(DAY_HOURS):
         return DAY_HOURS * HOUR
     lags = np.arange(3, len(y) // 2)
     if not len(lags):
         return None
     values = np.array([acf(int(lag)) for lag in lags])
-    peaks = (values[1:-1] > values[:-2]) & (values[1:-1] >= values[2:]) & (values[1:-1] >= 0.5)
+    strong = np.array([max(0.5, significant(int(lag))) for lag in lags[1:-1]])
+    peaks = (values[1:-1] > values[:-2]) & (values[1:-1] >= values[2:]) & (values[1:-1] >= strong)
     if not peaks.any():
         return None
     best = lags[1:-1][peaks][np.argmax(values[1:-1][peaks])]
@@ -217,16 +225,25 @@ class Baseline:
         return state
 
     def _seasonality(self, state: dict[str, Any], hours: np.ndarray, last_ts: float, interval: float) -> dict[str, Any]:
-        period = period_detect(hours)
+        period = period_detect(hours, state["period"])
         if period == state["period"]:
             return state
+        recent = unpack(state["recent"])
+        back = ts_back(last_ts, interval, len(recent))
+        old = _profile_at(back, unpack(state["profile"]), state["period"])
         if period is None:
+            # Without the profile the deseasonalised values are the values: re-express the
+            # level's window and the slow level accordingly.
+            mean_profile = float(unpack(state["profile"]).mean()) if state["period"] else 0.0
+            anchor = state["anchor"] + mean_profile if state["anchor"] is not None else None
             return {
                 **state,
                 "period": None,
                 "profile": pack(np.empty(0)),
                 "spread": pack(np.empty(0)),
                 "visits": pack(np.empty(0)),
+                "recent": pack(recent + old),
+                "anchor": anchor,
             }
         cycle_hours = round(period / HOUR)
         bins = int(min(MAX_BINS.get(cycle_hours, 288), max(1, round(period / max(interval, 1.0)))))
@@ -244,9 +261,6 @@ class Baseline:
         profile = np.interp(centres, np.arange(cycle_hours), hourly, period=cycle_hours)
         # The window of the level held deseasonalised values under the old profile: re-express
         # it under the new one (its points were about one interval apart, ending at last_ts).
-        recent = unpack(state["recent"])
-        back = ts_back(last_ts, interval, len(recent))
-        old = _profile_at(back, unpack(state["profile"]), state["period"])
         recent = recent + old - _profile_at(back, profile, period)
         return {
             **state,
