@@ -166,6 +166,8 @@ class TrendChange(Component):
     on the fast one, so a ramp is reported once, not for the day the slow level would take."""
 
     name = "trend_change"
+    WINDOW = 60  # the baseline's
+    MIN_MOVE = 1.0
     warmup_days = 2.0
     learns_while_warming = False
 
@@ -179,6 +181,13 @@ class TrendChange(Component):
         else:
             stat = np.where(chunk.warming, 0.0, np.abs(ref.level - ref.anchor) / ref.scale)
         p = TailModel.from_state(state["tail"]).probability(stat)
+        if ref.anchor is not None:
+            # A trend is a level still on its way: moving away from the slow level by at least
+            # MIN_MOVE sds a window. A level that got somewhere and stays is no longer a trend
+            # (and was either found on its way or was a step for the level-shift component).
+            away = np.sign(ref.slope) == np.sign(ref.level - ref.anchor)
+            moving = away & (np.abs(ref.slope) * self.WINDOW >= self.MIN_MOVE * ref.scale)
+            p = np.where(moving, p, 1.0)
         return Assessment(p=p, label=np.full(len(stat), "trend_change", dtype=object), stat=stat)
 
     def learn(
