@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/rollup.py
+	$(PY) bench/detect.py
 
 lint: $(STAMP)  # ruff and mypy, both clean
 	$(PY) -m ruff check .

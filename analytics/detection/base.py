@@ -106,22 +106,32 @@ class Detector(ABC):
     def initial_state(self) -> State:
         """The state of a detector that has seen nothing."""
 
-    # Points scored against one frozen snapshot of what the detector learned. A long call
-    # (a backfill, a day of history) is cut into chunks this long so that calibration and
-    # baselines keep learning through it; a short call (streaming) is one chunk.
-    chunk: ClassVar[int] = 360
+    # Points scored against one frozen snapshot of what the detector learned: a long call (a
+    # backfill, a day of history) is cut into chunks so that calibration and baselines keep
+    # learning through it; a short call (streaming) is one chunk. See `chunk_size`.
+    chunk: ClassVar[int] = 1440
+
+    def chunk_size(self, state: State) -> int:
+        """How many points the next chunk may hold: at most `chunk`, and at most half of what
+        the detector has seen, so a young detector learns in small steps."""
+        return int(min(self.chunk, max(60, state.get("seen", 0) // 2)))
 
     def update(self, state: State, timestamps: np.ndarray, values: np.ndarray) -> tuple[Scores, State]:
         """Score `values` at `timestamps` (Unix seconds) causally; return them with the new state.
 
         Never mutates `state`. Accepts any order, duplicates and non-finite values (dropped),
-        and drops points not newer than the last point of `state`.
+        and drops points not newer than the last point of `state`. Causal at the chunk's
+        granularity: a point's score uses what was learned before its chunk and the points
+        before it (the sampling interval is re-estimated once per chunk).
         """
         ts, vs = prepare(state["last_ts"], timestamps, values)
         parts = []
-        for start in range(0, len(ts), self.chunk):
-            scores, state = self._score(state, ts[start : start + self.chunk], vs[start : start + self.chunk])
+        start = 0
+        while start < len(ts):
+            end = start + self.chunk_size(state)
+            scores, state = self._score(state, ts[start:end], vs[start:end])
             parts.append(scores)
+            start = end
         return Scores.concatenate(parts), state
 
     @abstractmethod

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -95,15 +96,26 @@ class TailModel:
     def to_state(self) -> dict[str, Any]:
         return {"top": self.top, "counts": pack(self.counts)}
 
-    @property
+    @cached_property
     def edges(self) -> np.ndarray:
         return np.linspace(0.0, self.top, len(self.counts) + 1)
 
-    def _survival_at_edges(self) -> np.ndarray:
+    @cached_property
+    def _survival(self) -> np.ndarray:
         above = np.cumsum(self.counts[::-1])[::-1]
         return np.append(above, 0.0) / above[0]
 
+    def _survival_at_edges(self) -> np.ndarray:
+        return self._survival
+
+    @cached_property
+    def _fitted_tail(self) -> tuple[float, float]:
+        return self._fit_tail()
+
     def _tail(self) -> tuple[float, float]:
+        return self._fitted_tail
+
+    def _fit_tail(self) -> tuple[float, float]:
         """(u, beta): the 95th percentile and the mean excess above it."""
         edges, survival = self.edges, self._survival_at_edges()
         # survival decreases along the edges; interp needs increasing x.

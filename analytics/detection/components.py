@@ -38,7 +38,7 @@ class Chunk:
 @dataclass(frozen=True)
 class Assessment:
     p: np.ndarray  # tail probability per point (1.0 where the component has no opinion)
-    label: np.ndarray  # the label the component gives where it fires
+    label: np.ndarray | str  # the label the component gives where it fires (one for all points, or per point)
     stat: np.ndarray  # the statistic its tail model learns
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -129,7 +129,7 @@ class LevelShift(Component):
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = np.where(direction > 0, up / up_n, down / down_n) + self.K
         p = np.where(mean >= self.MIN_SHIFT, p, 1.0)
-        label = np.full(len(y), "level_shift", dtype=object)
+        label = "level_shift"
         extra = {"up": up, "down": down, "direction": direction, "up_n": up_n, "down_n": down_n}
         return Assessment(p=p, label=label, stat=stat, extra=extra)
 
@@ -188,7 +188,7 @@ class TrendChange(Component):
             away = np.sign(ref.slope) == np.sign(ref.level - ref.anchor)
             moving = away & (np.abs(ref.slope) * self.WINDOW >= self.MIN_MOVE * ref.scale)
             p = np.where(moving, p, 1.0)
-        return Assessment(p=p, label=np.full(len(stat), "trend_change", dtype=object), stat=stat)
+        return Assessment(p=p, label="trend_change", stat=stat)
 
     def learn(
         self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, weights: np.ndarray, upto: int
@@ -234,11 +234,11 @@ class VarianceChange(Component):
         long = state["long"]
         if long is None or len(recent) < self.WINDOW:
             ones = np.ones(len(residual))
-            return Assessment(p=ones, label=np.full(len(residual), "variance_change"), stat=np.zeros(len(residual)))
-        centre, _, _ = block_references(recent, residual, window=self.WINDOW, stride=self.STRIDE)
+            return Assessment(p=ones, label="variance_change", stat=np.zeros(len(residual)))
+        centre, _, _ = block_references(recent, residual, window=self.WINDOW, stride=self.STRIDE, scale=False)
         stat = np.maximum(0.0, np.log(np.maximum(centre * MAD_TO_SD, 1e-12) / long))
         p = TailModel.from_state(state["tail"]).probability(stat)
-        return Assessment(p=p, label=np.full(len(residual), "variance_change"), stat=stat)
+        return Assessment(p=p, label="variance_change", stat=stat)
 
     def learn(
         self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, weights: np.ndarray, upto: int
@@ -289,7 +289,7 @@ class Flatline(Component):
         p = np.where(run > 0, rate ** run.astype(np.float64), 1.0)
         changes = state["changes"] + np.cumsum(~same)
         p = np.where(changes >= self.MIN_HISTORY, p, 1.0)
-        return Assessment(p=p, label=np.full(len(vs), "flatline"), stat=run.astype(np.float64), extra={"same": same})
+        return Assessment(p=p, label="flatline", stat=run.astype(np.float64), extra={"same": same})
 
     def learn(
         self, state: dict[str, Any], chunk: Chunk, assessment: Assessment, weights: np.ndarray, upto: int

@@ -33,6 +33,7 @@ from analytics.detection.robust import interval_update, per_day
 from analytics.detection.seasonal import Baseline
 
 UNDO_SECONDS = 6 * 3600.0
+MIN_GAPS = 10  # gaps a new series' first interval estimate uses (its first points are warming)
 
 
 class ResidualDetector(Detector):
@@ -45,7 +46,10 @@ class ResidualDetector(Detector):
         self.min_points = min_points
         self.baseline = Baseline(window=window)
         self.parts = [cls() for cls in self.components]
-        self.deviation = Deviation()  # for the band, whether or not it votes
+        # The band comes from the deviation component; a detector without one keeps its own.
+        own = [part for part in self.parts if isinstance(part, Deviation)]
+        self.deviation = own[0] if own else Deviation()
+        self.band_key = self.deviation.name if own else "band"
 
     def initial_state(self) -> State:
         return {
@@ -63,12 +67,14 @@ class ResidualDetector(Detector):
             "seen": 0,
             "undo": None,  # [size, until]: the last level shift, undone if the series returns
             "baseline": self.baseline.initial_state(),
-            "band": self.deviation.initial_state(),
+            **({"band": self.deviation.initial_state()} if self.band_key == "band" else {}),
             **{part.name: part.initial_state() for part in self.parts},
         }
 
     def _score(self, state: State, ts: np.ndarray, vs: np.ndarray) -> tuple[Scores, State]:
-        interval = interval_update(state["interval"], state["last_ts"], ts) or 60.0
+        # The chunk is scored with the sampling interval known before it (so a point's score
+        # never depends on later timestamps); the chunk's own gaps update it afterwards.
+        interval = state["interval"] or interval_update(None, state["last_ts"], ts[:MIN_GAPS]) or 60.0
         n_day = per_day(interval)
         p_threshold = probability_for_score(self.threshold, n_day)
         previous_ts, previous = state["last_ts"], state["last_value"]
@@ -85,6 +91,7 @@ class ResidualDetector(Detector):
             scores, state, start = self._segment(state, ts, vs, start, n_day, p_threshold, interval)
             parts.append(scores)
         state["last_value"] = float(raw[-1])
+        state["interval"] = interval_update(state["interval"], previous_ts, ts)
         if state["counter"] is None:
             state = self._counter_decide(state, diffs)
         return Scores.concatenate(parts), state
@@ -150,15 +157,16 @@ class ResidualDetector(Detector):
         names = np.empty(upto, dtype=object)
         for i, (part, assessment) in enumerate(zip(self.parts, assessments, strict=True)):
             mine = best[:upto] == i
-            labels[mine] = assessment.label[:upto][mine]
+            labels[mine] = assessment.label if isinstance(assessment.label, str) else assessment.label[:upto][mine]
             names[mine] = part.name
         labels[~anomalous[:upto]] = ""
         names[~anomalous[:upto]] = ""
         for change in (settled, shift_part):  # a confirmed change labels its point, whoever was most sure
             if change is not None:
-                labels[upto - 1] = assessments[change].label[upto - 1]
+                label = assessments[change].label
+                labels[upto - 1] = label if isinstance(label, str) else label[upto - 1]
                 names[upto - 1] = self.parts[change].name
-        band = self.deviation.band(state["band"], p_threshold) * ref.scale[:upto]
+        band = self.deviation.band(state[self.band_key], p_threshold) * ref.scale[:upto]
         scores = Scores(
             timestamps=ts[:upto],
             values=vs[:upto],
@@ -245,8 +253,11 @@ class ResidualDetector(Detector):
             warming = chunk.warming if part.learns_while_warming else seen <= part.warmup_days * n_day
             weights = learning_weights(normal, warming)
             new[part.name] = part.learn(state[part.name], chunk, assessment, weights, upto)
-        band = self.deviation.assess(state["band"], chunk)
-        new["band"] = self.deviation.learn(state["band"], chunk, band, learning_weights(normal, chunk.warming), upto)
+        if self.band_key == "band":
+            band = self.deviation.assess(state["band"], chunk)
+            new["band"] = self.deviation.learn(
+                state["band"], chunk, band, learning_weights(normal, chunk.warming), upto
+            )
         new["baseline"] = self.baseline.learn(
             state["baseline"], head.ts, head.vs, _head(chunk.ref, upto), normal[:upto], interval
         )

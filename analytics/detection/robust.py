@@ -33,28 +33,29 @@ def robust_scale(windows: np.ndarray, centre: np.ndarray) -> np.ndarray:
 
 
 def block_references(
-    history: np.ndarray, values: np.ndarray, *, window: int, stride: int, trend: bool = False
+    history: np.ndarray, values: np.ndarray, *, window: int, stride: int, trend: bool = False, scale: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Median and robust scale for each new value, from the `window` values before its block.
 
     `history` holds at least `window` earlier values. With `trend`, the median is carried
     forward along the window's robust slope (the difference of the medians of its halves),
     so a rolling median on a steady rise or a daily curve does not lag half a window behind.
-    Returns per new value (median, scale, slope per point); the slope is 0 without `trend`.
+    Returns per new value (median, scale, slope per point); the slope is 0 without `trend`,
+    the scale 0 without `scale`.
     """
     buffer = np.concatenate([history[-window:], values])
     starts = np.arange(0, len(values), stride)
     windows = sliding_window_view(buffer, window)[starts]
     centre = np.median(windows, axis=1)
-    scale = robust_scale(windows, centre)
+    spread = robust_scale(windows, centre) if scale else np.zeros(len(starts))
     counts = np.diff(np.append(starts, len(values)))
-    centre, scale = np.repeat(centre, counts), np.repeat(scale, counts)
+    centre, spread = np.repeat(centre, counts), np.repeat(spread, counts)
     if not trend:
-        return centre, scale, np.zeros(len(values))
+        return centre, spread, np.zeros(len(values))
     half = window // 2
     slope = np.repeat((np.median(windows[:, half:], axis=1) - np.median(windows[:, :half], axis=1)) / half, counts)
     ahead = (window - 1) / 2 + 1 + (np.arange(len(values)) - np.repeat(starts, counts))
-    return centre + slope * ahead, scale, slope
+    return centre + slope * ahead, spread, slope
 
 
 def rolling_reference(
@@ -123,7 +124,8 @@ class RobustZScore(Detector):
         recent = unpack(state["recent"])
         centre, scale, _ = rolling_reference(recent, vs, window=self.window, stride=self.stride)
         tail = TailModel.from_state(state["tail"])
-        interval = interval_update(state["interval"], state["last_ts"], ts)
+        # Scored with the interval known before the chunk (causal); updated from it afterwards.
+        interval = state["interval"] or interval_update(None, state["last_ts"], ts[:10])
         n_day = per_day(interval)
 
         z = (vs - centre) / scale
@@ -149,7 +151,7 @@ class RobustZScore(Detector):
         )
         new_state = {
             "last_ts": float(ts[-1]),
-            "interval": interval,
+            "interval": interval_update(interval, state["last_ts"], ts),
             "seen": state["seen"] + len(vs),
             "recent": pack(np.concatenate([recent, vs])[-self.window :]),
             "tail": tail.learn(np.abs(z[~anomalous])).to_state(),

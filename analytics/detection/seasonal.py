@@ -115,6 +115,7 @@ class Baseline:
             "hours": pack(np.full(HISTORY_HOURS, np.nan)),
             "hour_end": None,  # ts // 3600 of the newest slot of `hours`, the hour in progress
             "hour_count": 0,  # points in that hour so far
+            "typical": None,  # [low, high]: the usual range, once a day of history exists
             "checked_hour": None,
         }
 
@@ -134,9 +135,7 @@ class Baseline:
         )
         scale = window_scale if phase_scale is None else np.maximum(window_scale, phase_scale)
         expected = level + seasonal
-        hours = unpack(state["hours"])[-7 * DAY_HOURS :]
-        hours = hours[np.isfinite(hours)]
-        low, high = np.percentile(hours, [2, 98]) if len(hours) >= DAY_HOURS else (np.inf, -np.inf)
+        low, high = state["typical"] or (np.inf, -np.inf)
         return Reference(
             expected=expected,
             scale=scale,
@@ -218,6 +217,12 @@ class Baseline:
         total = counts + added
         hours = np.where(added > 0, (np.nan_to_num(hours) * counts + sums) / np.maximum(total, 1), hours)
         state.update(hours=pack(hours), hour_end=newest, hour_count=int(total[-1]))
+        if shift:
+            # The series' usual range: the 2nd to 98th percentile of the last week's hourly means.
+            week = hours[-7 * DAY_HOURS :]
+            week = week[np.isfinite(week)]
+            if len(week) >= DAY_HOURS:
+                state["typical"] = [float(x) for x in np.percentile(week, [2, 98])]
         checked = state["checked_hour"]
         if checked is None or newest - checked >= DAY_HOURS:
             state["checked_hour"] = newest
