@@ -18,6 +18,11 @@ The rules (tests/analytics/test_retention.py):
   expired points in it are deleted in batches. Today's and future partitions are never
   dropped, and those of the next VIGIL_PARTITIONS_AHEAD_DAYS days are created.
 - Other databases (SQLite): batched deletes for everything.
+- Anomaly scores (`AnomalyScore`, one per series per minute) are kept as long as the 1m
+  rollups they sit beside (`retention_1m_days`). Closed anomalies (`AnomalyResult`) are kept
+  as long as the 1h rollups (`retention_1h_days`, by the end of their window): the incident
+  history outlives the fine-grained data, as the coarse charts do. Open anomalies are never
+  deleted.
 
 Batched deletes remove at most `batch_size` rows per statement, one transaction each, so no
 statement holds locks or bloats the WAL for long, and stop starting new ones when the time
@@ -39,7 +44,7 @@ from django.db.models import Exists, Min, OuterRef
 from django.utils import timezone
 
 from analytics import partitions
-from analytics.models import IngestBatch, MetricSeries, Point, Rollup
+from analytics.models import AnomalyResult, AnomalyScore, IngestBatch, MetricSeries, Point, Rollup
 from analytics.rollups import bucket_start, chunked
 from tenants.models import Tenant
 
@@ -59,6 +64,8 @@ _POINTS = Point._meta.db_table
 _ROLLUPS = Rollup._meta.db_table
 _SERIES = MetricSeries._meta.db_table
 _BATCHES = IngestBatch._meta.db_table
+_SCORES = AnomalyScore._meta.db_table
+_ANOMALIES = AnomalyResult._meta.db_table
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ class TenantRetention:
     raw_cutoff: RawCutoff
     points_deleted: int  # row by row; points in dropped partitions are not counted
     rollups_deleted: Mapping[int, int]  # resolution (seconds) -> rows
+    scores_deleted: int = 0  # AnomalyScore rows
+    anomalies_deleted: int = 0  # closed AnomalyResult rows
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,14 @@ class RetentionReport:
     def rollups_deleted(self) -> int:
         return sum(sum(t.rollups_deleted.values()) for t in self.tenants)
 
+    @property
+    def scores_deleted(self) -> int:
+        return sum(t.scores_deleted for t in self.tenants)
+
+    @property
+    def anomalies_deleted(self) -> int:
+        return sum(t.anomalies_deleted for t in self.tenants)
+
 
 def retention_enforce(
     *, now: datetime | None = None, batch_size: int = DELETE_BATCH, budget: timedelta = TIME_BUDGET
@@ -106,8 +123,8 @@ def retention_enforce(
     Side effects, in order: creates the partitions of today and the next
     VIGIL_PARTITIONS_AHEAD_DAYS days; drops the day partitions before every tenant's raw cutoff
     (briefly locking ingest out, see `partitions.partitions_drop`; skipped for this run if the
-    lock is not granted within 5 s); then, tenant by tenant, deletes expired raw points and
-    rollup buckets in batches of `batch_size` rows, each in its own transaction, until
+    lock is not granted within 5 s); then, tenant by tenant, deletes expired raw points, rollup
+    buckets, anomaly scores and closed anomalies in batches of `batch_size` rows, each in its own transaction, until
     `budget` is spent. Call it outside any transaction.
 
     Idempotent, and safe to overlap with itself and with ingest: every decision is re-read
@@ -171,19 +188,37 @@ def retention_enforce(
                 batch_size=batch_size,
                 deadline=deadline,
             )
-        handled.append(TenantRetention(tenant_id, cutoff, points_deleted, rollups_deleted))
+        scores_deleted = anomalies_deleted = 0
+        if done:
+            scores_deleted, done = _scores_delete(
+                tenant_id=tenant_id,
+                series_ids=series_ids,
+                cutoff=bucket_start(now - timedelta(days=days_1m), 60),
+                batch_size=batch_size,
+                deadline=deadline,
+            )
+        if done:
+            anomalies_deleted, done = _anomalies_delete(
+                tenant_id=tenant_id, cutoff=now - timedelta(days=days_1h), batch_size=batch_size, deadline=deadline
+            )
+        handled.append(
+            TenantRetention(tenant_id, cutoff, points_deleted, rollups_deleted, scores_deleted, anomalies_deleted)
+        )
         if not done:
             complete = False
             break
 
     report = RetentionReport(now, tuple(created), tuple(dropped), tuple(handled), complete)
     logger.info(
-        "retention as of %s: %d partitions created, %d dropped, %d points and %d rollups deleted%s",
+        "retention as of %s: %d partitions created, %d dropped, %d points, %d rollups, %d anomaly scores "
+        "and %d anomalies deleted%s",
         now,
         len(created),
         len(dropped),
         report.points_deleted,
         report.rollups_deleted,
+        report.scores_deleted,
+        report.anomalies_deleted,
         "" if complete else "; time budget spent, the next run continues",
     )
     return report
@@ -302,6 +337,34 @@ def _rollups_delete(
     where = f"series_id IN (SELECT id FROM {_SERIES} WHERE tenant_id = %s) AND resolution = %s AND bucket < %s"
     at = connection.ops.adapt_datetimefield_value(cutoff)
     return _delete_batched(_ROLLUPS, key, where, [tenant_id, resolution, at], batch_size, deadline)
+
+
+def _scores_delete(
+    *, tenant_id: int, series_ids: list[int], cutoff: datetime, batch_size: int, deadline: float
+) -> tuple[int, bool]:
+    """Delete the tenant's anomaly scores of minutes starting before `cutoff`."""
+    if not series_ids:
+        return 0, True
+    if connection.vendor == "postgresql":
+        total = 0
+        for chunk in chunked(series_ids, SERIES_CHUNK):
+            where = "series_id = ANY(%s) AND bucket < %s"
+            deleted, done = _delete_batched(_SCORES, "series_id, bucket", where, [chunk, cutoff], batch_size, deadline)
+            total += deleted
+            if not done:
+                return total, False
+        return total, True
+    where = f"series_id IN (SELECT id FROM {_SERIES} WHERE tenant_id = %s) AND bucket < %s"
+    at = connection.ops.adapt_datetimefield_value(cutoff)
+    return _delete_batched(_SCORES, "series_id, bucket", where, [tenant_id, at], batch_size, deadline)
+
+
+def _anomalies_delete(*, tenant_id: int, cutoff: datetime, batch_size: int, deadline: float) -> tuple[int, bool]:
+    """Delete the tenant's closed anomalies whose window ended before `cutoff`."""
+    where = "tenant_id = %s AND status = %s AND window_end < %s"
+    at = connection.ops.adapt_datetimefield_value(cutoff) if connection.vendor != "postgresql" else cutoff
+    params = [tenant_id, AnomalyResult.Status.CLOSED.value, at]
+    return _delete_batched(_ANOMALIES, "id", where, params, batch_size, deadline)
 
 
 def _delete_batched(

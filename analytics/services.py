@@ -17,7 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone as dj_timezone
 
-from analytics import partitions, rollups
+from analytics import anomalies, partitions, rollups
 from analytics.ingest import ParsedBatch, PointError, SeriesKey, decode_points, parse_points
 from analytics.models import IngestBatch, MetricSeries, Point, Rollup, series_identity
 from config.errors import Rejected
@@ -339,7 +339,8 @@ def ingest_batch_process(*, batch: IngestBatch) -> bool:
 
     Refreshes `last_point_at` of the touched series from the stored points (correct whatever
     order batches arrive in), marks the batch processed and, after commit, hands it to the
-    rollup stage on its own queue. Detection and alert evaluation hang here later.
+    rollup stage and its series to streaming detection (`series_detect`), each on its own
+    queue. Publishing never raises: a lost detection message is found by the anomaly rescan.
     Idempotent: recomputed from data, and the PENDING -> PROCESSED claim is a conditional
     update, so a redelivered message does nothing.
     """
@@ -355,6 +356,7 @@ def ingest_batch_process(*, batch: IngestBatch) -> bool:
         )
         if claimed:
             transaction.on_commit(lambda: ingest_batch_roll_up_publish(batch_id=batch.pk))
+            transaction.on_commit(lambda: anomalies.series_detect_publish(series_ids=batch.series_ids))
     return bool(claimed)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
-from analytics import retention, rollups, services
+from analytics import anomalies, retention, rollups, services
 from analytics.models import IngestBatch, MetricSeries
+from tenants.models import Tenant
 
 
 @shared_task(acks_late=True)
@@ -56,7 +59,7 @@ def rollups_catch_up() -> int:
 
 @shared_task(acks_late=True)
 def retention_enforce() -> dict[str, object]:
-    """Periodic: apply every tenant's raw and rollup retention (analytics.retention): create
+    """Periodic: apply every tenant's raw, rollup and anomaly retention (analytics.retention): create
     partitions ahead, drop expired ones, delete the rest in batches within a time budget.
 
     Idempotent (every decision is re-read from data; what is gone stays gone), so acks_late;
@@ -68,8 +71,105 @@ def retention_enforce() -> dict[str, object]:
         "partitions_dropped": list(report.partitions_dropped),
         "points_deleted": report.points_deleted,
         "rollups_deleted": report.rollups_deleted,
+        "scores_deleted": report.scores_deleted,
+        "anomalies_deleted": report.anomalies_deleted,
         "complete": report.complete,
     }
+
+
+# Detection tasks, on the `detect` queue (CELERY_TASK_ROUTES). Every body is idempotent (state
+# watermarks under row locks, joins into unique rows), so acks_late: a worker lost mid-task
+# hands the message back. Transient database and broker errors are retried (a deadlock or a
+# serialisation failure is an OperationalError) with jittered exponential backoff. Nobody
+# reads the results.
+TRANSIENT = (ConnectionError, TimeoutError, OperationalError, InterfaceError)
+
+
+@shared_task(
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def series_detect(series_ids: list[int]) -> int:
+    """Streaming detection of `series_ids` (published after an ingest batch is claimed, and
+    by the rescan). Series deleted since are skipped by the service."""
+    return anomalies.series_detect(series_ids=series_ids)
+
+
+@shared_task(
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def series_rescore(ranges: list[list[Any]]) -> int:
+    """Re-score late points: `ranges` are [series_id, start ISO 8601, end ISO 8601]."""
+    return anomalies.series_rescore(ranges=[(int(sid), _aware(start), _aware(end)) for sid, start, end in ranges])
+
+
+@shared_task(
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=3,
+    soft_time_limit=50,
+    time_limit=60,
+)
+def anomalies_rescan() -> None:
+    """Periodic (every minute): publish detection for series whose message was lost, and
+    re-scores of late points behind revised rollups. Publishing only; limits below the period
+    so runs do not pile up."""
+    anomalies.anomalies_rescan()
+
+
+@shared_task(
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=3,
+    soft_time_limit=120,
+    time_limit=150,
+)
+def nodes_detect() -> None:
+    """Periodic (every 5 minutes): publish `node_detect` for the active nodes, by tenant and shard."""
+    anomalies.nodes_detect()
+
+
+@shared_task(
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def node_detect(tenant_id: int, nodes: list[list[str]]) -> int:
+    """Multivariate detection of a tenant's nodes ([cluster, node] pairs); nothing if the
+    tenant is gone."""
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    if tenant is None:
+        return 0
+    return anomalies.node_detect(tenant=tenant, nodes=[(cluster, node) for cluster, node in nodes])
 
 
 def _aware(iso: str) -> datetime:

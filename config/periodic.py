@@ -19,4 +19,6 @@ PERIODIC_TASKS: dict[str, Periodic] = {
     "vigil.ingest-batches-sweep": {"task": "analytics.tasks.ingest_batches_sweep", "every_seconds": 60},
     "vigil.rollups-catch-up": {"task": "analytics.tasks.rollups_catch_up", "every_seconds": 60},
     "vigil.retention-enforce": {"task": "analytics.tasks.retention_enforce", "every_seconds": 3600},
+    "vigil.anomalies-rescan": {"task": "analytics.tasks.anomalies_rescan", "every_seconds": 60},
+    "vigil.nodes-detect": {"task": "analytics.tasks.nodes_detect", "every_seconds": 300},
 }

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db.models import F, Q
 
 from analytics import services
-from analytics.models import IngestBatch, MetricSeries, Rollup
+from analytics.models import AnomalyResult, AnomalyScore, DetectorState, IngestBatch, MetricSeries, Rollup
 from config.celery_app import app as celery_app
 from tenants import services as tenant_services
 from tests.tenants.factories import TenantFactory
@@ -86,6 +87,25 @@ def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[sub
         log.close()
 
 
+@pytest.fixture(autouse=True)
+def _pipeline_settled(transactional_db: None) -> Iterator[None]:
+    """After each test, wait until the worker has finished the stages the test set off (roll
+    up, detection), so that the database flush at teardown does not race (and deadlock with)
+    a task still writing."""
+    yield
+
+    def settled() -> bool:
+        unfinished = IngestBatch.objects.filter(
+            Q(status=IngestBatch.Status.PENDING) | Q(rolled_up_at__isnull=True)
+        ).exists()
+        unscored = MetricSeries.objects.filter(last_point_at__isnull=False).filter(
+            Q(detector_state__isnull=True) | Q(detector_state__last_ts__lt=F("last_point_at"))
+        )
+        return not unfinished and not unscored.exists()
+
+    wait_for(settled, timeout=60, what="the worker to finish the pipeline stages")
+
+
 def test_points_posted_over_http_are_processed_by_the_worker(live_server: Any, celery_worker: Any) -> None:
     tenant = TenantFactory()
     key = tenant_services.api_key_create(tenant=tenant, name="e2e", scopes=["ingest", "read"]).raw_key
@@ -120,6 +140,47 @@ def test_points_posted_over_http_are_processed_by_the_worker(live_server: Any, c
     hourly = Rollup.objects.filter(series=series, resolution=Rollup.Resolution.HOUR)
     assert sum(r.count for r in hourly) == 100
     assert Rollup.objects.filter(series=series, resolution=Rollup.Resolution.MINUTE).count() >= 2
+
+
+def test_a_spike_posted_over_http_becomes_an_anomaly_through_the_worker(live_server: Any, celery_worker: Any) -> None:
+    """HTTP -> ingest queue -> detect queue, on the real worker: the spike is one anomaly."""
+    assert "detect" in settings.VIGIL_QUEUES  # the worker consumes every queue
+    tenant = TenantFactory()
+    key = tenant_services.api_key_create(tenant=tenant, name="e2e", scopes=["ingest"]).raw_key
+    now = time.time()
+    values = [100.0 + (i * 7919 % 13) / 6 for i in range(150)]  # steady, deterministic ripple
+    values[120] = 400.0
+    body = {
+        "points": [
+            {
+                "cluster": "c",
+                "node": "web-1",
+                "metric": "latency_p99",
+                "unit": "ms",
+                "timestamp": now - 150 + i,
+                "value": v,
+            }
+            for i, v in enumerate(values)
+        ]
+    }
+    request = urllib.request.Request(
+        f"{live_server.url}/api/v1/points",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["accepted"] == 150
+
+    anomaly = wait_for(
+        lambda: AnomalyResult.objects.filter(tenant=tenant).first(),
+        timeout=60,
+        what="the worker to ingest the batch and detect the spike",
+    )
+    series = MetricSeries.objects.get(tenant=tenant)
+    assert anomaly.series == series and anomaly.label == "spike" and anomaly.observed == 400.0
+    assert anomaly.explanation.startswith("latency_p99 on web-1 was 400 ms")
+    assert DetectorState.objects.get(series=series).last_ts == series.last_point_at
+    assert AnomalyScore.objects.filter(series=series).exists()
 
 
 def test_a_lost_pipeline_message_is_recovered_by_the_sweeper(

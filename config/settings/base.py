@@ -142,6 +142,11 @@ CELERY_TASK_ROUTES = {
     "analytics.tasks.rollups_refresh": {"queue": "rollup"},
     "analytics.tasks.rollups_catch_up": {"queue": "rollup"},
     "analytics.tasks.retention_enforce": {"queue": "rollup"},
+    "analytics.tasks.series_detect": {"queue": "detect"},
+    "analytics.tasks.series_rescore": {"queue": "detect"},
+    "analytics.tasks.anomalies_rescan": {"queue": "detect"},
+    "analytics.tasks.nodes_detect": {"queue": "detect"},
+    "analytics.tasks.node_detect": {"queue": "detect"},
 }
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
@@ -177,6 +182,37 @@ VIGIL_ROLLUP_LATENESS_SECONDS = env.int("VIGIL_ROLLUP_LATENESS_SECONDS", default
 VIGIL_INGEST_SWEEP_AFTER_SECONDS = env.int("VIGIL_INGEST_SWEEP_AFTER_SECONDS", default=120)
 # Raw point partitions (PostgreSQL) are created this many days ahead.
 VIGIL_PARTITIONS_AHEAD_DAYS = env.int("VIGIL_PARTITIONS_AHEAD_DAYS", default=3)
+
+# Anomaly detection (analytics/anomalies.py; README "Anomaly detection pipeline").
+# The streaming detector of every series (analytics.detection registry) and the node-level
+# (multivariate) one. Changing either resets the states it concerns on their next run.
+VIGIL_DETECTOR = env.str("VIGIL_DETECTOR", default="ensemble")
+VIGIL_NODE_DETECTOR = env.str("VIGIL_NODE_DETECTOR", default="isolation_forest")
+# Anomalous points at most this many sampling intervals apart are one anomaly (one row);
+# an open anomaly closes once the series is this far past its end.
+VIGIL_ANOMALY_GAP_SAMPLES = env.int("VIGIL_ANOMALY_GAP_SAMPLES", default=10)
+# Points of one series scored per detection run (the rest in a follow-up message), and
+# points learned silently when a series' detector or sensitivity changed.
+VIGIL_DETECT_MAX_POINTS = env.int("VIGIL_DETECT_MAX_POINTS", default=50_000)
+VIGIL_DETECT_WARMUP_POINTS = env.int("VIGIL_DETECT_WARMUP_POINTS", default=50_000)
+# The rescan re-publishes detection for a series whose newest point waited this long unscored.
+VIGIL_DETECT_GRACE_SECONDS = env.int("VIGIL_DETECT_GRACE_SECONDS", default=120)
+# How far back the rescan looks: for unscored series, for active nodes, and for rollup
+# revisions when it has no watermark (first run, cache flushed).
+VIGIL_RESCAN_LOOKBACK_SECONDS = env.int("VIGIL_RESCAN_LOOKBACK_SECONDS", default=6 * 3600)
+# Rollup revisions are read this long after they were stamped: a refresh commits at most
+# its task's hard time limit after stamping `revised_at`.
+VIGIL_RESCAN_LAG_SECONDS = env.int("VIGIL_RESCAN_LAG_SECONDS", default=CELERY_TASK_TIME_LIMIT)
+# A minute revised more than this after it ended held late points (re-scored); one revised
+# sooner was the stream's head being completed (already scored by streaming).
+VIGIL_RESCAN_LATE_AFTER_SECONDS = env.int("VIGIL_RESCAN_LATE_AFTER_SECONDS", default=60)
+# Points before a late range that re-prime the detector's short memory when re-scoring it.
+VIGIL_RESCAN_CONTEXT_POINTS = env.int("VIGIL_RESCAN_CONTEXT_POINTS", default=120)
+# Node detection reads complete minutes only (rolled up, this long ago), at most
+# VIGIL_NODE_DETECT_MAX_ROWS per run, and starts this far back on a node's first run.
+VIGIL_NODE_DETECT_DELAY_SECONDS = env.int("VIGIL_NODE_DETECT_DELAY_SECONDS", default=120)
+VIGIL_NODE_DETECT_HISTORY_SECONDS = env.int("VIGIL_NODE_DETECT_HISTORY_SECONDS", default=86_400)
+VIGIL_NODE_DETECT_MAX_ROWS = env.int("VIGIL_NODE_DETECT_MAX_ROWS", default=1440)
 
 LOGGING = {
     "version": 1,

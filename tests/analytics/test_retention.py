@@ -336,3 +336,28 @@ def test_a_partition_drop_keeps_what_the_check_under_the_lock_refuses() -> None:
 
     assert dropped == [partitions.partition_name(days[2])]  # the oldest; the missing day is ignored
     assert set(days[:2]) <= partitions.partitions_existing().keys()
+
+
+def test_anomaly_scores_go_with_the_1m_rollups_and_closed_anomalies_with_the_1h_rollups(batch_size: int) -> None:
+    from analytics.models import AnomalyResult, AnomalyScore
+    from tests.analytics.factories import AnomalyResultFactory, AnomalyScoreFactory, MetricSeriesFactory
+
+    tenant = TenantFactory(retention_1m_days=3, retention_1h_days=6)
+    series = MetricSeriesFactory(tenant=tenant)
+    neighbour = MetricSeriesFactory(tenant=TenantFactory(retention_1m_days=30, retention_1h_days=30))
+    for days_ago in (1, 3, 4):
+        AnomalyScoreFactory(series=series, bucket=at(days_ago, 13, 29))
+        AnomalyScoreFactory(series=neighbour, bucket=at(days_ago, 13, 29))
+    for window_start, status in ((at(5, 13), "closed"), (at(7, 13), "closed"), (at(7, 14), "open")):
+        for owner in (series, neighbour):
+            AnomalyResultFactory(series=owner, status=status, window_start=window_start)
+
+    report = retention_enforce(now=NOW, batch_size=batch_size)
+
+    # 1m retention of 3 days at 13:30: the minute 13:29 three days ago has expired, yesterday's not.
+    assert set(AnomalyScore.objects.filter(series=series).values_list("bucket", flat=True)) == {at(1, 13, 29)}
+    kept = AnomalyResult.objects.filter(series=series).values_list("window_start", "status")
+    assert set(kept) == {(at(5, 13), "closed"), (at(7, 14), "open")}  # open ones are never deleted
+    assert AnomalyScore.objects.filter(series=neighbour).count() == 3
+    assert AnomalyResult.objects.filter(series=neighbour).count() == 3
+    assert (report.scores_deleted, report.anomalies_deleted) == (2, 1)

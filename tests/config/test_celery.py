@@ -32,3 +32,14 @@ def test_acks_late_only_on_tasks_declared_idempotent() -> None:
     task = app.tasks["analytics.tasks.ingest_batch_process"]
     assert task.acks_late is True
     assert task.max_retries == 5 and task.retry_jitter and task.retry_backoff
+
+
+def test_detection_tasks_run_on_the_detect_queue_and_are_handed_back_if_a_worker_dies() -> None:
+    app.loader.import_default_modules()
+    names = ["series_detect", "series_rescore", "anomalies_rescan", "nodes_detect", "node_detect"]
+    for name in (f"analytics.tasks.{n}" for n in names):
+        task = app.tasks[name]
+        assert settings.CELERY_TASK_ROUTES[name] == {"queue": "detect"}
+        assert task.acks_late is True and task.ignore_result is True
+        assert task.soft_time_limit < task.time_limit <= app.conf.task_time_limit
+        assert task.max_retries and task.retry_jitter
