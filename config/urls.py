@@ -5,17 +5,21 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from analytics.api.anomalies import AnomalyViewSet, HealthViewSet
 from analytics.api.views import PointsIngestView, SeriesQueryViewSet, SeriesViewSet
 from tenants.api.views import ApiKeyViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("series", SeriesViewSet, basename="series")
 router.register("keys", ApiKeyViewSet, basename="keys")
+router.register("anomalies", AnomalyViewSet, basename="anomalies")
 
 
 api_v1 = [
     path("points", PointsIngestView.as_view(), name="points-ingest"),
     path("query", SeriesQueryViewSet.as_view({"get": "query_range"}), name="series-query"),
+    path("health", HealthViewSet.as_view({"get": "summary"}), name="health"),
+    path("health/top", HealthViewSet.as_view({"get": "top"}), name="health-top"),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path(
         "docs",

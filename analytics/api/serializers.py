@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
-from analytics.models import MetricSeries
+from analytics.health import LEVELS, STRATEGIES
+from analytics.models import AnomalyResult, MetricSeries
 from analytics.query import ACROSS, AGGREGATIONS
 
 
@@ -137,3 +140,143 @@ class SloReportSerializer(_WithRangeSerializer):
         choices=["ok", "burning", "exhausted", "no_data"],
         help_text="exhausted: remaining <= 0; burning: remaining < 0.25; ok otherwise; no_data: no bucket.",
     )
+
+
+def _choice(choices: list[tuple[str, str]], **kwargs: Any) -> serializers.ChoiceField:
+    """A choice whose error message lists the allowed values (the code stays `invalid_choice`)."""
+    allowed = ", ".join(value for value, _ in choices)
+    return serializers.ChoiceField(
+        choices=choices,
+        error_messages={"invalid_choice": f'"{{input}}" is not allowed; expected one of: {allowed}.'},
+        **kwargs,
+    )
+
+
+class AnomalySerializer(serializers.ModelSerializer):
+    """An anomaly: consecutive anomalous points merged into one window, with its explanation and
+    the detector's facts behind it (`details`)."""
+
+    series_url: serializers.HyperlinkedRelatedField[MetricSeries] = serializers.HyperlinkedRelatedField(
+        source="series",
+        view_name="series-detail",
+        read_only=True,
+        allow_null=True,
+        help_text="The series; null for a node-level (multivariate) anomaly.",
+    )
+    feedback = serializers.ChoiceField(
+        choices=AnomalyResult.Feedback.choices,
+        allow_null=True,
+        read_only=True,
+        help_text="A person's verdict; null until given.",
+    )
+
+    class Meta:
+        model = AnomalyResult
+        fields = [
+            "id",
+            "series",
+            "series_url",
+            "cluster",
+            "node",
+            "metric",
+            "detector",
+            "label",
+            "status",
+            "window_start",
+            "window_end",
+            "peak_ts",
+            "peak_score",
+            "observed",
+            "expected",
+            "lower",
+            "upper",
+            "deviation",
+            "explanation",
+            "details",
+            "feedback",
+            "feedback_comment",
+            "feedback_at",
+            "created_at",
+            "updated_at",
+        ]
+        extra_kwargs = {
+            "series": {"help_text": "Series id; null for a node-level (multivariate) anomaly."},
+            "metric": {"help_text": "Empty for a node-level anomaly."},
+            "window_end": {"help_text": "The last anomalous point so far (the window is still growing while open)."},
+            "peak_score": {"help_text": "Highest calibrated score in the window, 0-1."},
+            "deviation": {"help_text": "Signed distance of the peak from `expected`, in robust standard deviations."},
+            "details": {"help_text": "What the explanation is built from; the keys depend on the detector."},
+        }
+
+    def to_representation(self, instance: AnomalyResult) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["feedback"] = data["feedback"] or None  # stored as "" when nobody has judged it
+        return data
+
+
+class AnomalyFeedbackSerializer(serializers.Serializer):
+    feedback = _choice(AnomalyResult.Feedback.choices)
+    comment = serializers.CharField(allow_blank=True, default="", max_length=2000)
+
+
+class ScoreSerializer(serializers.Serializer):
+    bucket = serializers.DateTimeField(help_text="Start of the minute.")
+    score = serializers.FloatField(help_text="Highest anomaly score of the series in that minute, 0-1.")
+
+
+class SeriesScoresSerializer(_WithRangeSerializer):
+    """A series' anomaly score per minute."""
+
+    from_help_text = "Inclusive start."
+
+    series_id = serializers.IntegerField()
+    to = serializers.DateTimeField(help_text="Exclusive end.")
+    scores = ScoreSerializer(many=True, help_text="Only scored minutes, oldest first.")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        return {"series_id": fields.pop("series_id"), **fields}
+
+
+class HealthQuerySerializer(serializers.Serializer):
+    level = _choice([(level, level) for level in LEVELS], default="tenant")
+    strategy = _choice([(name, name) for name in STRATEGIES], default="max")
+    cluster = serializers.CharField(required=False, max_length=200)
+
+
+class HealthTopQuerySerializer(serializers.Serializer):
+    n = serializers.IntegerField(min_value=1, max_value=1000, default=10)
+    strategy = _choice([(name, name) for name in STRATEGIES], default="max")
+    cluster = serializers.CharField(required=False, max_length=200)
+
+
+class HealthEntitySerializer(serializers.Serializer):
+    cluster = serializers.CharField(allow_null=True, help_text="Null for the tenant.")
+    node = serializers.CharField(allow_null=True, help_text="Null for a cluster or the tenant.")
+    score = serializers.FloatField(
+        allow_null=True, help_text="The strategy over the children's scores; null when nothing was scored."
+    )
+    series = serializers.IntegerField(help_text="Series scored in the range.")
+    buckets = serializers.IntegerField(help_text="Scored minutes of those series: the weight in `weighted`.")
+    open_anomalies = serializers.IntegerField(help_text="Open anomalies whose window overlaps the range.")
+
+
+class HealthSerializer(_WithRangeSerializer):
+    """Anomaly scores rolled up node -> cluster -> tenant."""
+
+    from_help_text = "Inclusive start."
+
+    level = serializers.ChoiceField(choices=LEVELS)
+    strategy = serializers.ChoiceField(choices=list(STRATEGIES))
+    to = serializers.DateTimeField(help_text="Exclusive end.")
+    entities = HealthEntitySerializer(many=True, help_text="Highest score first; unscored entities last.")
+
+
+class HealthTopSerializer(_WithRangeSerializer):
+    """The nodes with the highest anomaly scores."""
+
+    from_help_text = "Inclusive start."
+
+    strategy = serializers.ChoiceField(choices=list(STRATEGIES))
+    to = serializers.DateTimeField(help_text="Exclusive end.")
+    nodes = HealthEntitySerializer(many=True, help_text="At most `n`, highest score first.")

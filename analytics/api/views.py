@@ -25,7 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from analytics import query, selectors, services
+from analytics import health, query, selectors, services
 from analytics.api.filters import SeriesFilter
 from analytics.api.serializers import (
     IngestResultSerializer,
@@ -34,6 +34,7 @@ from analytics.api.serializers import (
     QueryAcrossResultSerializer,
     QueryPerSeriesResultSerializer,
     SeriesDataSerializer,
+    SeriesScoresSerializer,
     SeriesSerializer,
     SloReportSerializer,
 )
@@ -43,6 +44,9 @@ from config.errors import Rejected
 from tenants.auth import request_tenant
 
 _T = TypeVar("_T")
+
+# A week of minutes (10,080 scores) per request at most.
+MAX_SCORES_RANGE = timedelta(days=7)
 
 
 class CSVRenderer(renderers.BaseRenderer):
@@ -453,6 +457,53 @@ class SeriesViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
                 **asdict(report),
             }
         )
+
+    @extend_schema(
+        operation_id="series_scores",
+        summary="Anomaly score of a series per minute",
+        description=(
+            "The highest anomaly score (0-1) of the series in each scored minute with `from` <= minute < `to`, "
+            "oldest first: the input of `/health`. At most 7 days per request."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "from", OpenApiTypes.STR, description="Inclusive start, unix seconds or RFC 3339. Default: `to` - 1h."
+            ),
+            OpenApiParameter(
+                "to", OpenApiTypes.STR, description="Exclusive end, unix seconds or RFC 3339. Default: now."
+            ),
+        ],
+        responses={200: SeriesScoresSerializer, **ERROR_RESPONSES},
+        examples=[
+            OpenApiExample(
+                "Two minutes",
+                response_only=True,
+                value={
+                    "series_id": 7,
+                    "from": "2026-11-23T12:00:00Z",
+                    "to": "2026-11-23T12:02:00Z",
+                    "scores": [
+                        {"bucket": "2026-11-23T12:00:00Z", "score": 0.08},
+                        {"bucket": "2026-11-23T12:01:00Z", "score": 0.97},
+                    ],
+                },
+            )
+        ],
+    )
+    @action(detail=True, methods=["get"])
+    def scores(self, request: Request, pk: str | None = None) -> Response:
+        series = self.get_object()
+        start, end = _time_range(request)
+        if end - start > MAX_SCORES_RANGE:
+            raise ValidationError({"from": ["at most 7 days before 'to'"]}, code="range_too_long")
+        scores = health.series_scores(series=series, start=start, end=end)
+        data = {
+            "series_id": series.pk,
+            "from": start,
+            "to": end,
+            "scores": [{"bucket": bucket, "score": score} for bucket, score in scores],
+        }
+        return Response(SeriesScoresSerializer(data).data)
 
 
 class SeriesQueryViewSet(TenantScopedViewSet):

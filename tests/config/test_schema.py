@@ -27,6 +27,12 @@ def test_schema_documents_every_endpoint_with_the_error_shape(anonymous: APIClie
         "/api/v1/series/{id}/points",
         "/api/v1/keys",
         "/api/v1/keys/{id}",
+        "/api/v1/anomalies",
+        "/api/v1/anomalies/{id}",
+        "/api/v1/anomalies/{id}/feedback",
+        "/api/v1/series/{id}/scores",
+        "/api/v1/health",
+        "/api/v1/health/top",
     ]:
         assert path in paths, path
     ingest = paths["/api/v1/points"]["post"]
