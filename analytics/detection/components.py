@@ -167,8 +167,8 @@ class TrendChange(Component):
 
     name = "trend_change"
     WINDOW = 60  # the baseline's
-    MIN_MOVE = 1.0
-    warmup_days = 2.0
+    MIN_MOVE = 1.5
+    warmup_days = 3.0  # a day after the seasonality can be known
     learns_while_warming = False
 
     def initial_state(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from analytics.detection.robust import interval_update, per_day
 from analytics.detection.seasonal import Baseline
 
 UNDO_SECONDS = 6 * 3600.0
+SETTLE_SECONDS = 6 * 3600.0
 MIN_GAPS = 10  # gaps a new series' first interval estimate uses (its first points are warming)
 
 
@@ -65,7 +66,8 @@ class ResidualDetector(Detector):
     def _learned_state(self) -> State:
         return {
             "seen": 0,
-            "undo": None,  # [size, until]: the last level shift, undone if the series returns
+            "changed_at": None,  # when the last level shift or trend change was confirmed
+            "undo": None,  # [size, until, slow level before]: the last shift, undone if the series returns
             "baseline": self.baseline.initial_state(),
             **({"band": self.deviation.initial_state()} if self.band_key == "band" else {}),
             **{part.name: part.initial_state() for part in self.parts},
@@ -122,13 +124,20 @@ class ResidualDetector(Detector):
     ) -> tuple[Scores, State, int]:
         """Score ts[start:] up to and including its first anomalous point, if any."""
         ts, vs = ts[start:], vs[start:]
-        ref = self.baseline.reference(state["baseline"], ts, vs)
+        ref = self.baseline.reference(state["baseline"], ts, vs, interval)
         warming = state["seen"] + np.arange(1, len(ts) + 1) <= self.min_points
         chunk = Chunk(ts=ts, vs=vs, ref=ref, interval=interval, warming=warming)
         assessments = self._assess(state, chunk, p_threshold)
         seen = state["seen"] + np.arange(1, len(ts) + 1)
         pairs = zip(self.parts, assessments, strict=True)
         p_all = np.vstack([np.where(seen > part.warmup_days * n_day, a.p, 1.0) for part, a in pairs])
+        if state["changed_at"] is not None:
+            # After a confirmed change the slow level needs a while to settle: no trend is
+            # reported off the back of a change already reported.
+            settling = ts < state["changed_at"] + SETTLE_SECONDS
+            for i, part in enumerate(self.parts):
+                if isinstance(part, TrendChange):
+                    p_all[i, settling] = 1.0
         best = np.argmin(p_all, axis=0)
         p = np.minimum(1.0, p_all[best, np.arange(len(ts))] * len(self.parts))
         score = score_from_probability(p, n_day)
@@ -184,15 +193,19 @@ class ResidualDetector(Detector):
         state = self._learn(state, chunk, assessments, ~anomalous, upto, interval)
         if state["undo"] is not None and (reverted is not None or ts[upto - 1] > state["undo"][1]):
             if reverted is not None:
-                state["baseline"] = self.baseline.rebase(state["baseline"], -state["undo"][0])
+                delta, _, anchor = state["undo"]
+                state["baseline"] = self.baseline.rebase(state["baseline"], -delta, anchor)
                 state = self._cusum_restart(state)
             state["undo"] = None
         if shift_part is not None:
             state = self._cusum_restart(state)
-            state["baseline"] = self.baseline.rebase(state["baseline"], shift)
-            state["undo"] = [shift, float(ts[upto - 1]) + UNDO_SECONDS]
+            before = state["baseline"]["anchor"]
+            state["baseline"] = self.baseline.rebase(state["baseline"], shift, float(ref.level[upto - 1]) + shift)
+            state["undo"] = [shift, float(ts[upto - 1]) + UNDO_SECONDS, before]
+            state["changed_at"] = float(ts[upto - 1])
         elif settled is not None:
             state["baseline"] = self.baseline.settle(state["baseline"], float(ref.level[upto - 1]))
+            state["changed_at"] = float(ts[upto - 1])
         return scores, state, start + upto
 
     def _returned(self, state: State, ts: np.ndarray, vs: np.ndarray, ref: Any, anomalous: np.ndarray) -> int | None:
@@ -203,7 +216,7 @@ class ResidualDetector(Detector):
         baseline goes back to where it was and the point is not anomalous."""
         if state["undo"] is None or not anomalous.any():
             return None
-        delta, until = state["undo"]
+        delta, until, _ = state["undo"]
         first = int(np.flatnonzero(anomalous)[0])
         before = ref.expected[first] - delta
         # Back means closer to the old level than to the new one.
@@ -274,6 +287,7 @@ def _head(ref: Any, upto: int) -> Any:
         z=ref.z[:upto],
         deseasonalised=ref.deseasonalised[:upto],
         level=ref.level[:upto],
+        anchor=None if ref.anchor is None else ref.anchor[:upto],
         slope=ref.slope[:upto],
     )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.signal import lfilter
 
 from analytics.detection.calibration import pack, unpack
 from analytics.detection.robust import rolling_reference
@@ -91,7 +92,7 @@ class Reference:
     z: np.ndarray
     deseasonalised: np.ndarray
     level: np.ndarray  # the fast level of the deseasonalised values, per point
-    anchor: float | None  # their slow level
+    anchor: np.ndarray | None  # their slow level before each point
     slope: np.ndarray  # of the level, per point
     period: float | None
     typical_low: float
@@ -119,7 +120,7 @@ class Baseline:
             "checked_hour": None,
         }
 
-    def reference(self, state: dict[str, Any], ts: np.ndarray, vs: np.ndarray) -> Reference:
+    def reference(self, state: dict[str, Any], ts: np.ndarray, vs: np.ndarray, interval: float) -> Reference:
         period = state["period"]
         profile, spread, visits = unpack(state["profile"]), unpack(state["spread"]), unpack(state["visits"])
         seasonal = np.zeros(len(vs))
@@ -142,7 +143,7 @@ class Baseline:
             z=(vs - expected) / scale,
             deseasonalised=deseasonalised,
             level=level,
-            anchor=state["anchor"],
+            anchor=self._slow_level(state["anchor"], deseasonalised, scale, interval),
             slope=slope,
             period=period,
             typical_low=float(low),
@@ -164,15 +165,21 @@ class Baseline:
         if not normal.any():
             return self._history(state, ts, vs, interval)
         limit = CLIP * ref.scale[normal]
-        anchor = state["anchor"]
-        if anchor is None:
-            anchor = float(np.median(ref.deseasonalised[normal]))
         # The profile learns the shape around the slow level (the anchor), not around the fast
         # one: the fast level would absorb any slowly varying error of the profile and leave it
-        # uncorrected, and it is frozen during an anomaly.
+        # uncorrected, and it is frozen during an anomaly. The slow level learns from normal
+        # points only.
+        if state["anchor"] is None:
+            state["anchor"] = float(np.median(ref.deseasonalised[normal]))
+            anchor = np.full(int(normal.sum()), state["anchor"])
+        else:
+            known = ref.anchor
+            anchor = known[normal] if known is not None else np.full(int(normal.sum()), state["anchor"])
+            slow = self._slow_level(
+                state["anchor"], ref.deseasonalised[normal], ref.scale[normal], interval, after=True
+            )
+            state["anchor"] = float(slow[-1]) if slow is not None else state["anchor"]
         shape = np.clip(ref.deseasonalised[normal] - anchor, -limit, limit)
-        weight = 1 - np.exp(-len(shape) * interval / 86_400.0)
-        state["anchor"] = anchor + weight * float(np.median(shape))
         if period and len(profile):
             b0, _, _ = _bins(ts[normal], period, len(profile))
             residual = np.clip(vs[normal] - ref.expected[normal], -limit, limit)
@@ -189,9 +196,22 @@ class Baseline:
             state.update(profile=pack(profile), spread=pack(spread), visits=pack(visits))
         return self._history(state, ts, vs, interval)
 
-    def rebase(self, state: dict[str, Any], delta: float) -> dict[str, Any]:
-        """Move the level by `delta` at once (a confirmed level shift)."""
-        anchor = state["anchor"] + delta if state["anchor"] is not None else None
+    @staticmethod
+    def _slow_level(
+        anchor: float | None, deseasonalised: np.ndarray, scale: np.ndarray, interval: float, *, after: bool = False
+    ) -> np.ndarray | None:
+        """The slow level before each point (or, with `after`, including it): an exponential
+        average over about a day of the deseasonalised values, each clipped to CLIP sds of it."""
+        if anchor is None:
+            return None
+        alpha = 1.0 - np.exp(-interval / 86_400.0)
+        moves = np.clip(deseasonalised - anchor, -CLIP * scale, CLIP * scale)
+        level = anchor + lfilter([alpha], [1.0, alpha - 1.0], moves)
+        return level if after else np.concatenate([[anchor], level[:-1]])
+
+    def rebase(self, state: dict[str, Any], delta: float, anchor: float | None) -> dict[str, Any]:
+        """Move the fast level by `delta` and the slow one to `anchor`, at once (a confirmed
+        level shift, or its undoing)."""
         return {**state, "recent": pack(unpack(state["recent"]) + delta), "anchor": anchor}
 
     def settle(self, state: dict[str, Any], level: float) -> dict[str, Any]:
