@@ -133,6 +133,10 @@ SPECTACULAR_SETTINGS = {
 # scaled by its own workers (`celery -A config worker -Q detect`).
 VIGIL_QUEUES = ("ingest", "rollup", "detect", "train", "drift", "alerts", "webhooks")
 
+# Shared by every process in production (Redis): the rescan keeps its watermark here, so a
+# per-process memory cache (the default, fine for one machine) only makes it repeat work.
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
 CELERY_TASK_DEFAULT_QUEUE = "ingest"
 CELERY_TASK_ROUTES = {
