@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
 
 from analytics import anomalies, retention, rollups, services
 from analytics.models import IngestBatch, MetricSeries
@@ -79,20 +78,14 @@ def retention_enforce() -> dict[str, object]:
 
 # Detection tasks, on the `detect` queue (CELERY_TASK_ROUTES). Every body is idempotent (state
 # watermarks under row locks, joins into unique rows), so acks_late: a worker lost mid-task
-# hands the message back. Transient database and broker errors are retried (a deadlock or a
-# serialisation failure is an OperationalError) with jittered exponential backoff. Nobody
-# reads the results.
-TRANSIENT = (ConnectionError, TimeoutError, OperationalError, InterfaceError)
+# hands the message back. Transient database and broker errors (a deadlock or a serialisation
+# failure is an OperationalError) are retried by VigilTask's defaults (config/celery_app.py).
+# Nobody reads the results.
 
 
 @shared_task(
     acks_late=True,
     ignore_result=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=5,
     soft_time_limit=240,
     time_limit=300,
 )
@@ -105,11 +98,6 @@ def series_detect(series_ids: list[int]) -> int:
 @shared_task(
     acks_late=True,
     ignore_result=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=5,
     soft_time_limit=240,
     time_limit=300,
 )
@@ -121,10 +109,7 @@ def series_rescore(ranges: list[list[Any]]) -> int:
 @shared_task(
     acks_late=True,
     ignore_result=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
+    retry_backoff_max=60,  # periodic: the next run is soon anyway
     max_retries=3,
     soft_time_limit=50,
     time_limit=60,
@@ -139,10 +124,7 @@ def anomalies_rescan() -> None:
 @shared_task(
     acks_late=True,
     ignore_result=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
+    retry_backoff_max=60,  # periodic: the next run is soon anyway
     max_retries=3,
     soft_time_limit=120,
     time_limit=150,
@@ -155,11 +137,6 @@ def nodes_detect() -> None:
 @shared_task(
     acks_late=True,
     ignore_result=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=5,
     soft_time_limit=240,
     time_limit=300,
 )
