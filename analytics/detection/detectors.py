@@ -67,7 +67,7 @@ class ResidualDetector(Detector):
         return {
             "seen": 0,
             "changed_at": None,  # when the last level shift or trend change was confirmed
-            "undo": None,  # [size, until, slow level before]: the last shift, undone if the series returns
+            "undo": None,  # [until, level before, slow level before]: the last change, undone if reversed
             "baseline": self.baseline.initial_state(),
             **({"band": self.deviation.initial_state()} if self.band_key == "band" else {}),
             **{part.name: part.initial_state() for part in self.parts},
@@ -143,7 +143,8 @@ class ResidualDetector(Detector):
         score = score_from_probability(p, n_day)
         score[warming] = 0.0
         anomalous = (score >= self.threshold) & ~warming
-        reverted = self._returned(state, ts, vs, ref, anomalous)
+        returned = self._returned(state, ts, vs, ref, anomalous)
+        reverted = None if returned is None else returned[0]
         if reverted is not None:
             score[reverted], anomalous[reverted] = 0.0, False
 
@@ -191,37 +192,45 @@ class ResidualDetector(Detector):
             info={"period": ref.period, "rate": bool(state["counter"])},
         )
         state = self._learn(state, chunk, assessments, ~anomalous, upto, interval)
-        if state["undo"] is not None and (reverted is not None or ts[upto - 1] > state["undo"][1]):
-            if reverted is not None:
-                delta, _, anchor = state["undo"]
-                state["baseline"] = self.baseline.rebase(state["baseline"], -delta, anchor)
-                state = self._cusum_restart(state)
+        until = float(ts[upto - 1]) + UNDO_SECONDS
+        if returned is not None:
+            _, move, anchor = returned
+            state["baseline"] = self.baseline.rebase(state["baseline"], move, anchor)
+            state = self._cusum_restart(state)
+            state["undo"] = None
+        elif state["undo"] is not None and ts[upto - 1] > state["undo"][0]:
             state["undo"] = None
         if shift_part is not None:
             state = self._cusum_restart(state)
-            before = state["baseline"]["anchor"]
-            state["baseline"] = self.baseline.rebase(state["baseline"], shift, float(ref.level[upto - 1]) + shift)
-            state["undo"] = [shift, float(ts[upto - 1]) + UNDO_SECONDS, before]
-            state["changed_at"] = float(ts[upto - 1])
+            anchor, level = state["baseline"]["anchor"], float(ref.level[upto - 1])
+            state["baseline"] = self.baseline.rebase(state["baseline"], shift, level + shift)
+            state["undo"], state["changed_at"] = [until, level, anchor], float(ts[upto - 1])
         elif settled is not None:
-            state["baseline"] = self.baseline.settle(state["baseline"], float(ref.level[upto - 1]))
+            anchor, level = state["baseline"]["anchor"], float(ref.level[upto - 1])
+            state["baseline"] = self.baseline.settle(state["baseline"], level)
             state["changed_at"] = float(ts[upto - 1])
+            if anchor is not None:  # the level a trend left, to go back to if it reverses soon
+                state["undo"] = [until, anchor, anchor]
         return scores, state, start + upto
 
-    def _returned(self, state: State, ts: np.ndarray, vs: np.ndarray, ref: Any, anomalous: np.ndarray) -> int | None:
-        """The first anomalous point, if it is back at the level from before the last shift.
+    def _returned(
+        self, state: State, ts: np.ndarray, vs: np.ndarray, ref: Any, anomalous: np.ndarray
+    ) -> tuple[int, float, float | None] | None:
+        """The first anomalous point, if it is back at the level from before the last confirmed
+        change: (its index, how far to move the fast level, the slow level to restore).
 
-        A shift followed by a return within UNDO_SECONDS was a temporary change (a seasonal
+        A change (a shift, a trend) that reverses within UNDO_SECONDS was temporary (a seasonal
         break, an outage): the return is the end of that anomaly, not a new one, so the
         baseline goes back to where it was and the point is not anomalous."""
         if state["undo"] is None or not anomalous.any():
             return None
-        delta, until, _ = state["undo"]
+        until, level_before, anchor_before = state["undo"]
         first = int(np.flatnonzero(anomalous)[0])
-        before = ref.expected[first] - delta
+        change = ref.level[first] - level_before
+        usual = ref.expected[first] - change  # what the point would be expected at without the change
         # Back means closer to the old level than to the new one.
-        if ts[first] <= until and abs(vs[first] - before) < 0.5 * abs(delta):
-            return first
+        if ts[first] <= until and abs(vs[first] - usual) < 0.5 * abs(change):
+            return first, -float(change), anchor_before
         return None
 
     def _cusum_restart(self, state: State) -> State:
