@@ -36,7 +36,8 @@ from statistics import fmean
 import numpy as np
 from django.db.models import Count, Max
 
-from analytics.models import AnomalyResult, AnomalyScore, MetricSeries
+from analytics.detection import detector_create
+from analytics.models import AnomalyResult, AnomalyScore, DetectorState, MetricSeries
 from tenants.models import Tenant
 
 LEVELS = ("tenant", "cluster", "node")
@@ -104,6 +105,28 @@ class Health:
     @property
     def scored(self) -> Scored | None:
         return None if self.score is None else Scored(self.score, self.buckets)
+
+
+def series_detector_status(*, series: MetricSeries) -> dict[str, object] | None:
+    """The streaming detector of `series` as its stored state describes it (None before its
+    first run): name, sensitivity, whether it is still warming up, points learned, the
+    seasonality it found, and the newest point it scored."""
+    stored = DetectorState.objects.filter(series=series).first()
+    if stored is None:
+        return None
+    try:
+        status = detector_create(stored.detector, sensitivity=stored.sensitivity).status(stored.state)
+    except ValueError:  # a detector no longer registered: its state says nothing we can read
+        return None
+    return {
+        "name": stored.detector,
+        "sensitivity": stored.sensitivity,
+        "warming": status.warming,
+        "points_learned": status.seen,
+        "seasonality_seconds": status.period,
+        "scores_rate": status.rate,
+        "scored_until": stored.last_ts,
+    }
 
 
 def series_scores(*, series: MetricSeries, start: datetime, end: datetime) -> list[tuple[datetime, float]]:

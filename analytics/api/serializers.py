@@ -224,12 +224,25 @@ class ScoreSerializer(serializers.Serializer):
     score = serializers.FloatField(help_text="Highest anomaly score of the series in that minute, 0-1.")
 
 
+class DetectorStatusSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="The streaming detector, e.g. `ensemble`.")
+    sensitivity = serializers.CharField()
+    warming = serializers.BooleanField(help_text="Still learning: scores are 0 and no anomaly opens yet.")
+    points_learned = serializers.IntegerField()
+    seasonality_seconds = serializers.FloatField(
+        allow_null=True, help_text="The period it found (86400 daily, 604800 weekly), or null."
+    )
+    scores_rate = serializers.BooleanField(help_text="A counter, scored as its per-second rate.")
+    scored_until = serializers.DateTimeField(allow_null=True, help_text="The newest point scored.")
+
+
 class SeriesScoresSerializer(_WithRangeSerializer):
     """A series' anomaly score per minute."""
 
     from_help_text = "Inclusive start."
 
     series_id = serializers.IntegerField()
+    detector = DetectorStatusSerializer(allow_null=True, help_text="Null before the series' first detection run.")
     to = serializers.DateTimeField(help_text="Exclusive end.")
     scores = ScoreSerializer(many=True, help_text="Only scored minutes, oldest first.")
 

@@ -499,6 +499,7 @@ class SeriesViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScop
         scores = health.series_scores(series=series, start=start, end=end)
         data = {
             "series_id": series.pk,
+            "detector": health.series_detector_status(series=series),
             "from": start,
             "to": end,
             "scores": [{"bucket": bucket, "score": score} for bucket, score in scores],

@@ -91,6 +91,17 @@ class Scores:
         )
 
 
+@dataclass(frozen=True)
+class Status:
+    """What a state says about its detector: still warming up (scores 0, no anomaly), how many
+    points it has learned from, the seasonality it uses (seconds) and whether it scores rates."""
+
+    warming: bool
+    seen: int
+    period: float | None
+    rate: bool
+
+
 class Detector(ABC):
     """One algorithm. Subclasses set `name`, implement `initial_state` and `update`."""
 
@@ -137,6 +148,17 @@ class Detector(ABC):
     @abstractmethod
     def _score(self, state: State, ts: np.ndarray, vs: np.ndarray) -> tuple[Scores, State]:
         """Score a non-empty chunk of finite, sorted, new points against `state`."""
+
+    min_points: int = 30
+
+    def status(self, state: State) -> Status:
+        baseline = state.get("baseline") or {}
+        return Status(
+            warming=state.get("seen", 0) < self.min_points,
+            seen=int(state.get("seen", 0)),
+            period=baseline.get("period"),
+            rate=bool(state.get("counter")),
+        )
 
     def fit(self, timestamps: np.ndarray, values: np.ndarray) -> State:
         """Learn from history: the state after streaming it through `update`."""

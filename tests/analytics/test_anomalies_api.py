@@ -3,6 +3,7 @@ each as the owner, as another tenant and anonymously."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from rest_framework.test import APIClient
 from analytics.models import AnomalyResult, MetricSeries
 from tenants.models import Tenant
 from tests.analytics.factories import AnomalyResultFactory, AnomalyScoreFactory, MetricSeriesFactory
+from tests.analytics.test_anomalies import INTERVAL, detect, send
 
 pytestmark = pytest.mark.django_db
 
@@ -338,6 +340,7 @@ def test_scores_of_a_series_in_range_oldest_first(owner: APIClient, cpu: MetricS
     assert response.status_code == 200, response.content
     assert response.json() == {
         "series_id": cpu.pk,
+        "detector": None,  # never run on this series
         "from": iso(at(0)),
         "to": iso(at(3)),
         "scores": [
@@ -346,6 +349,24 @@ def test_scores_of_a_series_in_range_oldest_first(owner: APIClient, cpu: MetricS
             {"bucket": iso(at(2)), "score": 0.3},
         ],
     }
+
+
+def test_scores_say_whether_the_detector_is_still_warming_up(owner: APIClient, tenant: Tenant) -> None:
+    start = time.time() - 3600
+    series = send(tenant, start, [100.0 + (i % 7) for i in range(20)])
+    detect(series)
+
+    warming = owner.get(f"/api/v1/series/{series.pk}/scores").json()["detector"]
+    assert warming["name"] == "ensemble" and warming["sensitivity"] == "medium"
+    assert warming["warming"] is True and warming["points_learned"] == 20
+    assert warming["seasonality_seconds"] is None and warming["scores_rate"] is False
+
+    send(tenant, start + 20 * INTERVAL, [100.0 + (i % 7) for i in range(100)])
+    detect(series)
+
+    warm = owner.get(f"/api/v1/series/{series.pk}/scores").json()["detector"]
+    assert warm["warming"] is False and warm["points_learned"] == 120
+    assert warm["scored_until"] is not None
 
 
 def test_scores_default_to_the_last_hour(owner: APIClient, cpu: MetricSeries) -> None:

@@ -513,3 +513,13 @@ def test_on_a_series_of_spikes_a_higher_sensitivity_flags_at_least_as_many_point
 
     assert counts[0] <= counts[1] <= counts[2], counts
     assert counts[2] > 0
+
+
+def test_the_status_of_a_state_says_when_warming_up_is_over(name: str) -> None:
+    detector = detector_create(name)
+    young = detector.fit(MIXED_TS[:10], MIXED_VS[:10])
+    grown = detector.fit(MIXED_TS[:400], MIXED_VS[:400])
+
+    assert detector.status(detector.initial_state()).warming
+    assert detector.status(young).warming and detector.status(young).seen == 10
+    assert not detector.status(grown).warming
