@@ -470,6 +470,7 @@ def _series_row(series: MetricSeries, detector: str) -> AnomalyResult:
 class RescanReport:
     detect_messages: int  # series_detect messages for series with unscored newest points
     rescore_messages: int  # series_rescore messages for late points
+    closed: int  # open anomalies closed because their series or node went silent
     since: datetime  # revisions read: revised_at in [since, until)
     until: datetime
 
@@ -498,10 +499,15 @@ def anomalies_rescan(*, now: datetime | None = None) -> RescanReport:
     back: revisions are then re-scored again, which the idempotent merge absorbs, never
     missed. The watermark only advances when every message was published.
 
-    Side effects: publishes messages (expiring after FAN_OUT_EXPIRES) and moves the
-    watermark; writes nothing else. Safe to overlap with itself (at worst duplicate messages).
+    (c) Silence: open anomalies whose series (or node) sent nothing for longer than the gap
+    tolerance plus VIGIL_DETECT_GRACE_SECONDS after the window's end are closed
+    (`anomalies_close_silent`): streaming only closes a window when later points arrive.
+
+    Side effects: publishes messages (expiring after FAN_OUT_EXPIRES), moves the watermark
+    and closes silent anomalies. Safe to overlap with itself (at worst duplicate messages).
     """
     now = now or dj_timezone.now()
+    closed = anomalies_close_silent(now=now)
     lookback = timedelta(seconds=settings.VIGIL_RESCAN_LOOKBACK_SECONDS)
 
     stale = series_detect_stale_shards(now=now)
@@ -520,7 +526,39 @@ def anomalies_rescan(*, now: datetime | None = None) -> RescanReport:
                 complete = False
         if complete:
             cache.set(RESCAN_WATERMARK_KEY, until, timeout=None)
-    return RescanReport(detect_messages=detect_sent, rescore_messages=rescore_sent, since=since, until=until)
+    return RescanReport(
+        detect_messages=detect_sent, rescore_messages=rescore_sent, closed=closed, since=since, until=until
+    )
+
+
+def anomalies_close_silent(*, now: datetime) -> int:
+    """Close open anomalies whose series (or node) went quiet: nothing scored within the gap
+    tolerance (VIGIL_ANOMALY_GAP_SAMPLES of its sampling interval) plus the grace period
+    after the window's end. Returns how many were closed.
+
+    Each close is a conditional UPDATE (still open, end still before the cut-off), so a
+    window that streaming extends meanwhile stays open. Idempotent.
+    """
+    grace = timedelta(seconds=settings.VIGIL_DETECT_GRACE_SECONDS)
+    shortest = timedelta(seconds=settings.VIGIL_ANOMALY_GAP_SAMPLES)  # a one-second interval
+    candidates = AnomalyResult.objects.filter(
+        status=AnomalyResult.Status.OPEN, window_end__lt=now - shortest - grace
+    ).values_list("pk", "series_id", "window_end")
+    intervals = dict(
+        DetectorState.objects.filter(
+            series_id__in={series_id for _, series_id, _ in candidates if series_id is not None}
+        ).values_list("series_id", "state__interval")
+    )
+    closed = 0
+    for pk, series_id, end in candidates:
+        # Node rows are 1-minute rollups; a series without a state yet gets a minute too.
+        interval = float(intervals.get(series_id) or DEFAULT_INTERVAL) if series_id is not None else MINUTE
+        cut_off = now - timedelta(seconds=settings.VIGIL_ANOMALY_GAP_SAMPLES * interval) - grace
+        if end < cut_off:
+            closed += AnomalyResult.objects.filter(
+                pk=pk, status=AnomalyResult.Status.OPEN, window_end__lt=cut_off
+            ).update(status=AnomalyResult.Status.CLOSED, updated_at=dj_timezone.now())
+    return closed
 
 
 def series_detect_stale_shards(*, now: datetime | None = None) -> list[list[int]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
@@ -176,6 +177,23 @@ def test_an_open_anomaly_closes_once_the_series_is_past_the_gap(tenant: Tenant, 
     send(tenant, start + 105 * INTERVAL, values[105:])  # 300 s past it
     detect(series)
     assert AnomalyResult.objects.get(series=series).status == AnomalyResult.Status.CLOSED
+
+
+def test_an_open_anomaly_of_a_series_that_went_silent_is_closed_by_the_rescan(tenant: Tenant, start: float) -> None:
+    values = noise(102)
+    values[99] = SPIKE
+    series = send(tenant, start, values)  # and then nothing more
+    detect(series)
+    anomaly = AnomalyResult.objects.get(series=series)
+    assert anomaly.status == AnomalyResult.Status.OPEN
+    end = anomaly.window_end
+    grace = timedelta(seconds=settings.VIGIL_DETECT_GRACE_SECONDS)
+
+    # Within the 100 s gap (10 samples of 10 s) plus the grace, it may still grow.
+    assert anomalies.anomalies_close_silent(now=end + timedelta(seconds=90) + grace) == 0
+    assert anomalies.anomalies_close_silent(now=end + timedelta(seconds=110) + grace) == 1
+    assert AnomalyResult.objects.get(series=series).status == AnomalyResult.Status.CLOSED
+    assert anomalies.anomalies_close_silent(now=end + timedelta(hours=1)) == 0  # idempotent
 
 
 def test_the_score_series_holds_the_highest_score_of_each_minute(tenant: Tenant, start: float) -> None:
