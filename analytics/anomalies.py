@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -185,6 +186,12 @@ def _series_detect_one(series_id: int) -> tuple[int, bool]:
         ts = np.array([moment.timestamp() for moment, _ in rows])
         values = np.array([value for _, value in rows], dtype=np.float64)
         scores, state = detector.update(row.state, ts, values)
+        if not _json_safe(state):
+            # PostgreSQL refuses NaN and infinities in JSON; a detector that produced one (an
+            # absurd value overflowing somewhere) starts afresh rather than failing this series
+            # on every run. Its scores of this batch are kept: they were computed before.
+            logger.error("detector %s of series %s produced a non-finite state; starting it afresh", name, series.pk)
+            state = detector.initial_state()
         row.state = state
         row.last_ts = rows[-1][0]
         row.save(update_fields=["state", "last_ts", "detector", "sensitivity", "updated_at"])
@@ -199,6 +206,14 @@ def _series_detect_one(series_id: int) -> tuple[int, bool]:
             horizon=row.last_ts.timestamp() - gap,
         )
         return len(scores), more
+
+
+def _json_safe(state: State) -> bool:
+    try:
+        json.dumps(state, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _state_lock(series: MetricSeries, detector: Detector, name: str, sensitivity: str) -> DetectorState:

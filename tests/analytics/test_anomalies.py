@@ -16,6 +16,7 @@ from django.db import connection
 from django.utils import timezone
 
 from analytics import anomalies, rollups, services
+from analytics.detection import detector_create
 from analytics.models import (
     AnomalyResult,
     AnomalyScore,
@@ -194,6 +195,23 @@ def test_an_open_anomaly_of_a_series_that_went_silent_is_closed_by_the_rescan(te
     assert anomalies.anomalies_close_silent(now=end + timedelta(seconds=110) + grace) == 1
     assert AnomalyResult.objects.get(series=series).status == AnomalyResult.Status.CLOSED
     assert anomalies.anomalies_close_silent(now=end + timedelta(hours=1)) == 0  # idempotent
+
+
+def test_a_detector_state_that_is_not_valid_json_starts_afresh_instead_of_failing(
+    tenant: Tenant, start: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    series = send(tenant, start, noise(50))
+    real = detector_create("ensemble").__class__.update
+
+    def overflowing(self: Any, state: Any, ts: Any, vs: Any) -> Any:
+        scores, new = real(self, state, ts, vs)
+        return scores, {**new, "interval": float("inf")}
+
+    monkeypatch.setattr(detector_create("ensemble").__class__, "update", overflowing)
+    assert detect(series) == 50
+
+    stored = DetectorState.objects.get(series=series)
+    assert stored.state["seen"] == 0 and stored.last_ts is not None  # afresh, and the stream moved on
 
 
 def test_the_score_series_holds_the_highest_score_of_each_minute(tenant: Tenant, start: float) -> None:
