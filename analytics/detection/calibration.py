@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,16 @@ def unpack(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float64)
 
 
+@lru_cache(maxsize=64)
+def _grid(top: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The histogram's edges and bin centres (the overflow bin's centre at least the top)."""
+    edges = np.linspace(0.0, top, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    centres[-1] = max(centres[-1], top)
+    edges.flags.writeable = centres.flags.writeable = False
+    return edges, centres
+
+
 @dataclass(frozen=True)
 class TailModel:
     """A learned distribution of a non-negative statistic: a histogram on [0, top] (the last
@@ -96,32 +106,22 @@ class TailModel:
     def to_state(self) -> dict[str, Any]:
         return {"top": self.top, "counts": pack(self.counts)}
 
-    @cached_property
+    @property
     def edges(self) -> np.ndarray:
-        return np.linspace(0.0, self.top, len(self.counts) + 1)
+        return _grid(self.top, len(self.counts))[0]
 
     @cached_property
     def _survival(self) -> np.ndarray:
+        """P(T >= edge) at each edge of the histogram."""
         above = np.cumsum(self.counts[::-1])[::-1]
         return np.append(above, 0.0) / above[0]
 
-    def _survival_at_edges(self) -> np.ndarray:
-        return self._survival
-
     @cached_property
-    def _fitted_tail(self) -> tuple[float, float]:
-        return self._fit_tail()
-
     def _tail(self) -> tuple[float, float]:
-        return self._fitted_tail
-
-    def _fit_tail(self) -> tuple[float, float]:
         """(u, beta): the 95th percentile and the mean excess above it."""
-        edges, survival = self.edges, self._survival_at_edges()
+        edges, centres = _grid(self.top, len(self.counts))
         # survival decreases along the edges; interp needs increasing x.
-        u = float(np.interp(-TAIL_QUANTILE, -survival, edges))
-        centres = (edges[:-1] + edges[1:]) / 2
-        centres[-1] = max(centres[-1], self.top)  # the overflow bin: at least the top
+        u = float(np.interp(-TAIL_QUANTILE, -self._survival, edges))
         over = centres > u
         weight = self.counts[over].sum()
         step = self.top / len(self.counts)
@@ -131,14 +131,14 @@ class TailModel:
     def probability(self, stat: np.ndarray) -> np.ndarray:
         """P(T >= stat) under the learned distribution."""
         stat = np.maximum(np.asarray(stat, dtype=np.float64), 0.0)
-        u, beta = self._tail()
-        body = np.interp(stat, self.edges, self._survival_at_edges())
+        u, beta = self._tail
+        body = np.interp(stat, self.edges, self._survival)
         tail = TAIL_QUANTILE * np.exp(-(stat - u) / beta)
         return np.where(stat > u, tail, np.maximum(body, TAIL_QUANTILE))
 
     def quantile(self, p: float) -> float:
         """The statistic whose tail probability is p (p < the tail quantile)."""
-        u, beta = self._tail()
+        u, beta = self._tail
         if p >= TAIL_QUANTILE:
             return u
         return u + beta * float(np.log(TAIL_QUANTILE / p))
