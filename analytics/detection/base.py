@@ -165,31 +165,48 @@ class Detector(ABC):
         return self.update(self.initial_state(), timestamps, values)[1]
 
 
-DETECTORS: dict[str, type[Detector]] = {}
-
-D = TypeVar("D", bound=type[Detector])
+T = TypeVar("T")
 
 
-def register(cls: D) -> D:
-    DETECTORS[cls.name] = cls
-    return cls
+class Registry(dict[str, type[T]]):
+    """Classes by name, filled by the `register` decorator; `create` fails loudly and lists
+    the known names (healthchecks' TRANSPORTS). One for detectors, one for node detectors."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def register(self, cls: type[T]) -> type[T]:
+        self[cls.name] = cls  # type: ignore[attr-defined]
+        return cls
+
+    def create(self, name: str, **params: Any) -> T:
+        """The class registered as `name`, configured with `params`."""
+        try:
+            cls = self[name]
+        except KeyError:
+            raise UnknownDetector(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self))}") from None
+        return cls(**params)
 
 
-def detector_create(name: str, **params: Any) -> Detector:
-    """The detector registered as `name`, configured with `params`."""
-    try:
-        cls = DETECTORS[name]
-    except KeyError:
-        raise UnknownDetector(f"unknown detector {name!r}; known: {', '.join(sorted(DETECTORS))}") from None
-    return cls(**params)
+DETECTORS: Registry[Detector] = Registry("detector")
+register = DETECTORS.register
+detector_create = DETECTORS.create
 
 
 def prepare(last_ts: float | None, timestamps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The points an update scores: finite, sorted by time, one value per timestamp (the last
-    given), strictly newer than `last_ts`."""
+    """The points (or rows) an update scores: sorted by time, one per timestamp (the last
+    given), strictly newer than `last_ts`, with a finite timestamp and a finite value. For
+    rows (a node's metrics, 2-D `values`) one finite value is enough; the others become NaN.
+    """
     ts = np.asarray(timestamps, dtype=np.float64)
     vs = np.asarray(values, dtype=np.float64)
-    keep = np.isfinite(ts) & np.isfinite(vs)
+    if len(ts) != len(vs):
+        raise ValueError(f"{len(ts)} timestamps for {len(vs)} values")
+    finite = np.isfinite(vs)
+    if vs.ndim == 2:
+        vs = np.where(finite, vs, np.nan)
+    keep = np.isfinite(ts) & (finite.any(axis=1) if vs.ndim == 2 else finite)
     if last_ts is not None:
         keep &= ts > last_ts
     ts, vs = ts[keep], vs[keep]

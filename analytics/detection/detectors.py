@@ -207,7 +207,7 @@ class ResidualDetector(Detector):
             state["undo"], state["changed_at"] = [until, level, anchor], float(ts[upto - 1])
         elif settled is not None:
             anchor, level = state["baseline"]["anchor"], float(ref.level[upto - 1])
-            state["baseline"] = self.baseline.settle(state["baseline"], level)
+            state["baseline"] = self.baseline.rebase(state["baseline"], 0.0, level)
             state["changed_at"] = float(ts[upto - 1])
             if anchor is not None:  # the level a trend left, to go back to if it reverses soon
                 state["undo"] = [until, anchor, anchor]

@@ -87,14 +87,14 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 
-from analytics.detection.base import State, UnknownDetector
+from analytics.detection.base import Registry, State, prepare
 from analytics.detection.calibration import (
     SECONDS_PER_DAY,
     SENSITIVITIES,
@@ -104,10 +104,9 @@ from analytics.detection.calibration import (
     threshold_for,
     unpack,
 )
+from analytics.detection.robust import interval_update, robust_scale
 
 STATE_VERSION = 1
-MAD_TO_SD = 1.4826  # MAD of a normal distribution * this = its standard deviation
-MEAN_AD_TO_SD = 1.2533  # mean absolute deviation of a normal distribution * this = its sd
 # Standardised values are clipped here: beyond it every value is equally far, and a metric
 # that was constant (its scale is the tiny floor) and moved cannot swamp LOF's distances.
 Z_CLIP = 50.0
@@ -238,7 +237,7 @@ class NodeDetector(ABC):
         ref = _Reference.empty(tuple(sorted(names))) if reset else _Reference.from_state(state)
         last_ts, interval = state.get("last_ts"), state.get("interval")
 
-        ts, rows = _prepare(last_ts, np.asarray(timestamps, dtype=np.float64), matrix)
+        ts, rows = prepare(last_ts, timestamps, matrix)
         aligned = np.full((len(ts), len(ref.names)), np.nan)
         position = {name: j for j, name in enumerate(names)}
         for j, name in enumerate(ref.names):
@@ -246,7 +245,7 @@ class NodeDetector(ABC):
                 aligned[:, j] = rows[:, position[name]]
         imputed = np.isnan(aligned)
 
-        interval = _interval_update(interval, last_ts, ts)
+        interval = interval_update(interval, last_ts, ts)
         n_day = SECONDS_PER_DAY / (interval or DEFAULT_INTERVAL)
         ready = ref.tail is not None and len(ref.rows) >= self.min_rows
         score = np.zeros(len(ts))
@@ -321,7 +320,7 @@ class NodeDetector(ABC):
         for model, held_out in zip(self._models(ref).models, _folds(len(z)), strict=True):
             stat[held_out] = _statistic(model, z[held_out])
         offset = float(np.median(stat))
-        spread = float(_robust_scale(stat[None, :], np.array([offset]))[0])
+        spread = float(robust_scale(stat[None, :], np.array([offset]))[0])
         tail = TailModel.prior(mean=PRIOR_MEAN, top=STAT_TOP, bins=STAT_BINS, prior_weight=PRIOR_WEIGHT)
         tail = tail.learn(np.maximum((stat - offset) / spread, 0.0))
         return dataclasses.replace(ref, offset=offset, spread=spread, tail=tail), stat
@@ -367,24 +366,9 @@ class NodeDetector(ABC):
         return weights / weights.sum(axis=1, keepdims=True)
 
 
-NODE_DETECTORS: dict[str, type[NodeDetector]] = {}
-
-N = TypeVar("N", bound=type[NodeDetector])
-
-
-def register_node(cls: N) -> N:
-    NODE_DETECTORS[cls.name] = cls
-    return cls
-
-
-def node_detector_create(name: str, **params: Any) -> NodeDetector:
-    """The node detector registered as `name`, configured with `params`."""
-    try:
-        cls = NODE_DETECTORS[name]
-    except KeyError:
-        known = ", ".join(sorted(NODE_DETECTORS))
-        raise UnknownDetector(f"unknown node detector {name!r}; known: {known}") from None
-    return cls(**params)
+NODE_DETECTORS: Registry[NodeDetector] = Registry("node detector")
+register_node = NODE_DETECTORS.register
+node_detector_create = NODE_DETECTORS.create
 
 
 @register_node
@@ -448,7 +432,7 @@ class _Whitened:
         if self.extend_range:
             self.reach = np.abs(w).max(axis=0)
             stat = -np.asarray(self.estimator.score_samples(w), dtype=np.float64)
-            self.weight = float(_robust_scale(stat[None, :], np.array([np.median(stat)]))[0])
+            self.weight = float(robust_scale(stat[None, :], np.array([np.median(stat)]))[0])
         return self
 
     def _whiten(self, z: np.ndarray) -> np.ndarray:
@@ -508,7 +492,7 @@ class _Reference:
         m = len(names)
         if len(rows):
             median = np.median(rows, axis=0)
-            scale = _robust_scale(rows.T, median)
+            scale = robust_scale(rows.T, median)
         else:
             median, scale = np.full(m, np.nan), np.ones(m)
         return cls(names=names, rows=rows, pending=np.empty((0, m)), median=median, scale=scale)
@@ -570,46 +554,3 @@ def _folds(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _unpack_rows(text: str, m: int) -> np.ndarray:
     return unpack(text).reshape(-1, m) if m else np.empty((0, 0))
-
-
-def _robust_scale(columns: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """Standard deviation estimated robustly per row of `columns`, never zero: the MAD,
-    floored by the mean absolute deviation (a metric that is mostly constant but does vary,
-    such as an error rate that is usually 0) and by a tiny absolute and relative epsilon
-    (a constant metric). The rule of robust.py's `robust_scale`, kept here so that this
-    module does not depend on one detector's internals."""
-    absdev = np.abs(columns - centre[:, None])
-    mad = np.median(absdev, axis=1) * MAD_TO_SD
-    mean_ad = absdev.mean(axis=1) * MEAN_AD_TO_SD
-    return np.maximum(np.maximum(mad, mean_ad), 1e-9 + 1e-6 * np.abs(centre))
-
-
-def _prepare(last_ts: float | None, ts: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows an update scores: finite timestamp, at least one finite value (the others
-    NaN), sorted by time, one row per timestamp (the last given), newer than `last_ts`."""
-    if len(ts) != len(rows):
-        raise ValueError(f"{len(ts)} timestamps for {len(rows)} rows")
-    rows = np.where(np.isfinite(rows), rows, np.nan)
-    keep = np.isfinite(ts) & np.isfinite(rows).any(axis=1)
-    if last_ts is not None:
-        keep &= ts > last_ts
-    ts, rows = ts[keep], rows[keep]
-    if len(ts) > 1 and not (np.diff(ts) > 0).all():
-        order = np.argsort(ts, kind="stable")
-        ts, rows = ts[order], rows[order]
-        last = np.append(ts[1:] != ts[:-1], True)
-        ts, rows = ts[last], rows[last]
-    return ts, rows
-
-
-def _interval_update(interval: float | None, last_ts: float | None, ts: np.ndarray) -> float | None:
-    """The node's sampling interval in seconds: a running median of the gaps between rows
-    (robust.py's rule)."""
-    gaps = np.diff(ts if last_ts is None else np.concatenate([[last_ts], ts]))
-    if not len(gaps):
-        return interval
-    fresh = float(np.clip(np.median(gaps), 1e-3, SECONDS_PER_DAY))
-    if interval is None:
-        return fresh
-    weight = min(1.0, len(gaps) / 50)
-    return float(np.exp((1 - weight) * np.log(interval) + weight * np.log(fresh)))

@@ -211,12 +211,8 @@ class Baseline:
 
     def rebase(self, state: dict[str, Any], delta: float, anchor: float | None) -> dict[str, Any]:
         """Move the fast level by `delta` and the slow one to `anchor`, at once (a confirmed
-        level shift, or its undoing)."""
+        level shift or trend, or its undoing)."""
         return {**state, "recent": pack(unpack(state["recent"]) + delta), "anchor": anchor}
-
-    def settle(self, state: dict[str, Any], level: float) -> dict[str, Any]:
-        """Take `level` as the new normal at once (a confirmed trend change has ended somewhere)."""
-        return {**state, "anchor": level}
 
     def _history(self, state: dict[str, Any], ts: np.ndarray, vs: np.ndarray, interval: float) -> dict[str, Any]:
         """Fold the chunk into the hourly means (the newest slot is the hour in progress)."""
