@@ -8,7 +8,8 @@ loudly; with VIGIL_REQUIRE_SERVICES=1 (set by .ci/run) a missing service fails t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -73,6 +74,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             "  Start them on 127.0.0.1:5432 / :6379 to run the whole suite.", red=True, bold=True
         )
         terminalreporter.write_line(bar, red=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker process consuming every queue, shared by the end-to-end tests."""
+    from tests.worker import worker_start, worker_stop
+
+    worker = worker_start()
+    try:
+        yield worker
+    finally:
+        worker_stop(worker)
 
 
 @pytest.fixture

@@ -7,9 +7,6 @@ Redis key space of this test run only (see config/settings/test.py).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +20,6 @@ from django.db.models import F, Q
 
 from analytics import services
 from analytics.models import AnomalyResult, AnomalyScore, DetectorState, IngestBatch, MetricSeries, Rollup
-from config.celery_app import app as celery_app
 from tenants import services as tenant_services
 from tests.tenants.factories import TenantFactory
 from tests.waiting import wait_for
@@ -31,60 +27,6 @@ from tests.waiting import wait_for
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[subprocess.Popen[bytes]]:
-    db = settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "VIGIL_TEST_KEYPREFIX": settings.VIGIL_TEST_KEYPREFIX,
-    }
-    queues = ",".join(settings.VIGIL_QUEUES)
-    (ROOT / ".run").mkdir(exist_ok=True)
-    log = open(ROOT / ".run" / "e2e-worker.log", "wb")  # noqa: SIM115 - closed at teardown
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            queues,
-            "--pool",
-            "threads",
-            "--concurrency",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            f"e2e-{os.getpid()}@%h",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for(
-            lambda: worker.poll() is not None or celery_app.control.ping(timeout=0.5), 60, "the worker to answer ping"
-        )
-        assert worker.poll() is None, f"worker exited; see {log.name}"
-        yield worker
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,9 @@ DATABASES = {
     "default": database_config(env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '.run' / 'test.sqlite3'}"))
 }
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+# A test database per run, like the Redis key space: two runs at once (a developer's and an
+# editor's, or parallel checkouts) would otherwise drop each other's database.
+DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="memory://")
 # Each test run gets its own key space in Redis, so parallel runs never consume each
 # other's messages; the end-to-end worker is started with the same prefix.
@@ -43,3 +46,5 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 SERVICES_AVAILABLE = DATABASES["default"]["ENGINE"].endswith("postgresql") and CELERY_BROKER_URL.startswith("redis")
+
+VIGIL_WEBHOOK_ALLOW_PRIVATE = env.bool("VIGIL_WEBHOOK_ALLOW_PRIVATE", default=True)  # receivers on loopback
