@@ -44,6 +44,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone as dj_timezone
 
+from alerts.evaluation import KINDS_AFTER_DETECTION, series_rules_evaluate_publish
 from analytics import selectors
 from analytics.detection import Detector, Scores, State, detector_create
 from analytics.detection.explain import explain, explain_node
@@ -127,19 +128,25 @@ def series_detect(*, series_ids: Iterable[int]) -> int:
     state is reset first: the new detector learns the history up to `last_ts` silently
     (VIGIL_DETECT_WARMUP_POINTS, no scores written) and streaming resumes after it; the
     previous detector's open anomalies are closed. A series with more points due than one
-    run reads is published again after commit.
+    run reads is published again after commit, and the anomaly alert rules of the scored
+    series are evaluated (alerts.evaluation).
 
     Returns the number of points scored. Idempotent: a second run finds no point after
     `last_ts` and writes nothing. Series that no longer exist are skipped.
     """
-    scored, unfinished = 0, []
+    scored, unfinished, touched = 0, [], []
     for series_id in sorted(set(series_ids)):
         count, more = _series_detect_one(series_id)
         scored += count
+        if count:
+            touched.append(series_id)
         if more:
             unfinished.append(series_id)
     if unfinished:
         transaction.on_commit(lambda: series_detect_publish(series_ids=unfinished))
+    if touched:
+        # Anomaly alert rules read what was just written: evaluate them now, not at beat's tick.
+        transaction.on_commit(lambda: series_rules_evaluate_publish(series_ids=touched, kinds=KINDS_AFTER_DETECTION))
     return scored
 
 

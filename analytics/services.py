@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone as dj_timezone
 
+from alerts.evaluation import KINDS_AFTER_INGEST, KINDS_AFTER_ROLLUP, series_rules_evaluate_publish
 from analytics import anomalies, partitions, rollups
 from analytics.ingest import ParsedBatch, PointError, SeriesKey, decode_points, parse_points
 from analytics.models import IngestBatch, MetricSeries, Point, Rollup, series_identity
@@ -339,8 +340,9 @@ def ingest_batch_process(*, batch: IngestBatch) -> bool:
 
     Refreshes `last_point_at` of the touched series from the stored points (correct whatever
     order batches arrive in), marks the batch processed and, after commit, hands it to the
-    rollup stage and its series to streaming detection (`series_detect`), each on its own
-    queue. Publishing never raises: a lost detection message is found by the anomaly rescan.
+    rollup stage, its series to streaming detection (`series_detect`) and to the alert rules
+    that read raw points (alerts.evaluation), each on its own queue. Publishing never raises:
+    a lost detection message is found by the anomaly rescan, a lost evaluation by beat's.
     Idempotent: recomputed from data, and the PENDING -> PROCESSED claim is a conditional
     update, so a redelivered message does nothing.
     """
@@ -357,6 +359,7 @@ def ingest_batch_process(*, batch: IngestBatch) -> bool:
         if claimed:
             transaction.on_commit(lambda: ingest_batch_roll_up_publish(batch_id=batch.pk))
             transaction.on_commit(lambda: anomalies.series_detect_publish(series_ids=batch.series_ids))
+            transaction.on_commit(lambda: _rules_evaluate_publish(batch.series_ids, KINDS_AFTER_INGEST))
     return bool(claimed)
 
 
@@ -372,15 +375,24 @@ def ingest_batch_roll_up(*, batch: IngestBatch) -> bool:
 
     Recomputes every 1m/5m/1h bucket of the batch's series overlapping [first_ts, last_ts]
     from the raw points (late points revise their buckets), then stamps `rolled_up_at` with
-    a conditional update. Idempotent: a second run recomputes identical rows and claims
-    nothing.
+    a conditional update and publishes the evaluation of the alert rules that read rollups.
+    Idempotent: a second run recomputes identical rows and claims nothing.
     """
     if batch.rolled_up_at is not None:
         return False
     rollups.rollups_refresh(series_ids=batch.series_ids, start=batch.first_ts, end=batch.last_ts)
-    return bool(
-        IngestBatch.objects.filter(pk=batch.pk, rolled_up_at__isnull=True).update(rolled_up_at=dj_timezone.now())
-    )
+    claimed = IngestBatch.objects.filter(pk=batch.pk, rolled_up_at__isnull=True).update(rolled_up_at=dj_timezone.now())
+    if claimed:
+        _rules_evaluate_publish(batch.series_ids, KINDS_AFTER_ROLLUP)
+    return bool(claimed)
+
+
+def _rules_evaluate_publish(series_ids: list[int], kinds: tuple[str, ...]) -> None:
+    """Alert rules reading what a stage just wrote are evaluated now, not at beat's next tick."""
+    try:
+        series_rules_evaluate_publish(series_ids=series_ids, kinds=kinds)
+    except Exception:  # alerting must never fail the pipeline; beat evaluates every rule anyway
+        logger.warning("could not publish rule evaluation for %d series", len(series_ids), exc_info=True)
 
 
 def ingest_batches_sweep(*, older_than: timedelta | None = None, limit: int = 1000) -> int:

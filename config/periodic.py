@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from django.conf import settings
+
 
 class Periodic(TypedDict):
     task: str
@@ -21,4 +23,10 @@ PERIODIC_TASKS: dict[str, Periodic] = {
     "vigil.retention-enforce": {"task": "analytics.tasks.retention_enforce", "every_seconds": 3600},
     "vigil.anomalies-rescan": {"task": "analytics.tasks.anomalies_rescan", "every_seconds": 60},
     "vigil.nodes-detect": {"task": "analytics.tasks.nodes_detect", "every_seconds": 300},
+    "vigil.rules-evaluate": {
+        "task": "alerts.tasks.rules_evaluate",
+        "every_seconds": settings.VIGIL_ALERTS_EVALUATE_SECONDS,
+    },
+    "vigil.notifications-sweep": {"task": "alerts.tasks.notifications_sweep", "every_seconds": 15},
+    "vigil.deliveries-sweep": {"task": "alerts.tasks.deliveries_sweep", "every_seconds": 15},
 }

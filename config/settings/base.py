@@ -151,6 +151,13 @@ CELERY_TASK_ROUTES = {
     "analytics.tasks.anomalies_rescan": {"queue": "detect"},
     "analytics.tasks.nodes_detect": {"queue": "detect"},
     "analytics.tasks.node_detect": {"queue": "detect"},
+    "alerts.tasks.rules_evaluate": {"queue": "alerts"},
+    "alerts.tasks.tenant_rules_evaluate": {"queue": "alerts"},
+    "alerts.tasks.series_rules_evaluate": {"queue": "alerts"},
+    "alerts.tasks.group_flush": {"queue": "alerts"},
+    "alerts.tasks.notifications_sweep": {"queue": "alerts"},
+    "alerts.tasks.delivery_attempt": {"queue": "webhooks"},
+    "alerts.tasks.deliveries_sweep": {"queue": "webhooks"},
 }
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
@@ -217,6 +224,49 @@ VIGIL_RESCAN_CONTEXT_POINTS = env.int("VIGIL_RESCAN_CONTEXT_POINTS", default=120
 VIGIL_NODE_DETECT_DELAY_SECONDS = env.int("VIGIL_NODE_DETECT_DELAY_SECONDS", default=120)
 VIGIL_NODE_DETECT_HISTORY_SECONDS = env.int("VIGIL_NODE_DETECT_HISTORY_SECONDS", default=86_400)
 VIGIL_NODE_DETECT_MAX_ROWS = env.int("VIGIL_NODE_DETECT_MAX_ROWS", default=1440)
+
+# Mail tells a tenant's owners and admins when one of their webhook endpoints is disabled.
+# EMAIL_URL as django-environ reads it (smtp+tls://user:pass@host:587); the console by default.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="vigil@localhost")
+
+# Alerting (alerts/; README "Alerting and webhooks").
+# The public address of this Vigil, for links in notifications (externalURL, generatorURL).
+VIGIL_EXTERNAL_URL = env.str("VIGIL_EXTERNAL_URL", default="http://localhost:8000")
+# Every enabled rule is evaluated this often by beat (and right after ingest and detection for
+# the series they touched).
+VIGIL_ALERTS_EVALUATE_SECONDS = env.int("VIGIL_ALERTS_EVALUATE_SECONDS", default=30)
+# Grouping of alerts no route takes (a route sets its own): Alertmanager's defaults.
+VIGIL_ALERTS_GROUP_BY = env.list("VIGIL_ALERTS_GROUP_BY", default=["alertname"])
+VIGIL_ALERTS_GROUP_WAIT_SECONDS = env.int("VIGIL_ALERTS_GROUP_WAIT_SECONDS", default=30)
+VIGIL_ALERTS_GROUP_INTERVAL_SECONDS = env.int("VIGIL_ALERTS_GROUP_INTERVAL_SECONDS", default=300)
+VIGIL_ALERTS_REPEAT_INTERVAL_SECONDS = env.int("VIGIL_ALERTS_REPEAT_INTERVAL_SECONDS", default=4 * 3600)
+# Outbound webhook HTTP (alerts/outbound.py). Private, loopback and link-local targets are
+# refused unless allowed (local development and tests allow them).
+VIGIL_WEBHOOK_ALLOW_PRIVATE = env.bool("VIGIL_WEBHOOK_ALLOW_PRIVATE", default=False)
+VIGIL_WEBHOOK_CONNECT_TIMEOUT = env.float("VIGIL_WEBHOOK_CONNECT_TIMEOUT", default=3.0)
+VIGIL_WEBHOOK_TIMEOUT = env.float("VIGIL_WEBHOOK_TIMEOUT", default=10.0)
+VIGIL_WEBHOOK_MAX_RESPONSE_BYTES = env.int("VIGIL_WEBHOOK_MAX_RESPONSE_BYTES", default=64 * 1024)
+VIGIL_WEBHOOK_EXCERPT_BYTES = env.int("VIGIL_WEBHOOK_EXCERPT_BYTES", default=1024)
+# Seconds before each retry (the first attempt is immediate), each with +-20 % jitter; after the
+# last, the delivery fails (and can be replayed). A Retry-After answer is honoured up to
+# VIGIL_WEBHOOK_RETRY_AFTER_MAX.
+VIGIL_WEBHOOK_RETRY_SCHEDULE = [
+    float(s)
+    for s in env.list(
+        "VIGIL_WEBHOOK_RETRY_SCHEDULE", default=["5", "30", "120", "600", "1800", "3600", "10800", "21600"]
+    )
+]
+VIGIL_WEBHOOK_RETRY_AFTER_MAX = env.float("VIGIL_WEBHOOK_RETRY_AFTER_MAX", default=3600.0)
+# An endpoint failing without a single success for this long is disabled (410 disables at once).
+VIGIL_WEBHOOK_DISABLE_AFTER_SECONDS = env.int("VIGIL_WEBHOOK_DISABLE_AFTER_SECONDS", default=5 * 86400)
+# The sweeper re-enqueues deliveries due this long ago and never attempted (a lost message),
+# and reclaims attempts whose lease ran out (a worker killed mid-attempt). The lease is the
+# total timeout plus this margin.
+VIGIL_WEBHOOK_SWEEP_AFTER_SECONDS = env.int("VIGIL_WEBHOOK_SWEEP_AFTER_SECONDS", default=30)
+VIGIL_WEBHOOK_LEASE_MARGIN_SECONDS = env.float("VIGIL_WEBHOOK_LEASE_MARGIN_SECONDS", default=20.0)
+# After a rotation the previous secret keeps signing (both signatures sent) for this long.
+VIGIL_WEBHOOK_ROTATION_SECONDS = env.int("VIGIL_WEBHOOK_ROTATION_SECONDS", default=86400)
 
 LOGGING = {
     "version": 1,
