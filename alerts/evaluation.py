@@ -467,15 +467,25 @@ class RulePreview:
     alerts: list[PreviewAlert]
 
 
+class NotPreviewable(ValueError):
+    """The rule cannot be replayed on stored data."""
+
+
+# At most this many evaluations per preview (one request): a longer range takes a coarser step.
+PREVIEW_MAX_EVALUATIONS = 1440
+
+
 def rule_preview(
     *, rule: AlertRule, hours: int = 24, step_seconds: int = 300, now: datetime | None = None
 ) -> RulePreview:
     """What the rule would have done over the last `hours`: evaluated every `step_seconds` on
     the data stored now, through the same reading and state machine as the live evaluation.
-    Writes nothing. No-data rules cannot be replayed (the past newest-point times are not kept)."""
+    Writes nothing. No-data rules cannot be replayed (the past newest-point times are not kept):
+    NotPreviewable. At most PREVIEW_MAX_EVALUATIONS evaluations: a longer range takes a coarser step."""
     if rule.kind == AlertRule.Kind.NO_DATA:
-        raise ValueError("no-data rules cannot be previewed")
+        raise NotPreviewable("no-data rules cannot be previewed")
     now = now or timezone.now()
+    step_seconds = max(step_seconds, -(-hours * 3600 // PREVIEW_MAX_EVALUATIONS))
     condition = condition_parse(rule.kind, rule.condition)
     start = now - timedelta(hours=hours)
     states: dict[str, AlertState] = {}

@@ -169,8 +169,8 @@ class IncidentActivity(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices)
     # For state changes: which alert, from what to what, at which value.
     alert = models.ForeignKey("Alert", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    previous = models.CharField(max_length=32, blank=True)
-    current = models.CharField(max_length=32, blank=True)
+    previous = models.CharField(max_length=200, blank=True)  # a state, a severity or an assignee
+    current = models.CharField(max_length=200, blank=True)
     value = models.FloatField(null=True, blank=True)
     comment = models.TextField(blank=True)
     actor = models.CharField(max_length=200, blank=True)  # "" is Vigil itself

@@ -37,6 +37,11 @@ ANNOTATIONS = ("summary", "description", "runbook_url")
 RULE_FIELDS = ("name", "enabled", *AlertRule.VERSIONED_FIELDS)
 
 
+def _duplicate(what: str, name: object) -> Rejected:
+    message = f"A {what} named {name!r} exists."
+    return Rejected("duplicate_name", message, [{"field": "name", "code": "unique", "message": message}], 409)
+
+
 # --- rules ------------------------------------------------------------------------------------
 
 
@@ -79,7 +84,7 @@ def rule_create(*, tenant: Tenant, created_by: str = "", **values: Any) -> Alert
             rule = AlertRule.objects.create(tenant=tenant, version=1, **values)
             AlertRuleVersion.objects.create(rule=rule, version=1, spec=rule.spec(), created_by=created_by)
     except IntegrityError:
-        raise Rejected("duplicate_name", f"A rule named {values.get('name')!r} exists.", status_code=409) from None
+        raise _duplicate("rule", values.get("name")) from None
     return rule
 
 
@@ -107,7 +112,7 @@ def rule_update(*, rule: AlertRule, updated_by: str = "", **changes: Any) -> Ale
                 )
             locked.save()
     except IntegrityError:
-        raise Rejected("duplicate_name", f"A rule named {merged['name']!r} exists.", status_code=409) from None
+        raise _duplicate("rule", merged["name"]) from None
     return locked
 
 
@@ -393,7 +398,7 @@ def mute_window_save(*, tenant: Tenant, window: MuteWindow | None = None, **valu
         with transaction.atomic():
             window.save()
     except IntegrityError:
-        raise Rejected("duplicate_name", f"A mute window named {window.name!r} exists.", status_code=409) from None
+        raise _duplicate("mute window", window.name) from None
     return window
 
 
@@ -420,5 +425,5 @@ def route_save(
             if endpoints is not None:
                 route.endpoints.set(endpoints)
     except IntegrityError:
-        raise Rejected("duplicate_name", f"A route named {route.name!r} exists.", status_code=409) from None
+        raise _duplicate("route", route.name) from None
     return route

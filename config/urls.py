@@ -5,6 +5,17 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from alerts.api.views import (
+    AlertViewSet,
+    DeliveryViewSet,
+    EndpointViewSet,
+    IncidentViewSet,
+    MuteWindowViewSet,
+    RouteViewSet,
+    RuleTemplateViewSet,
+    RuleViewSet,
+    SilenceViewSet,
+)
 from analytics.api.anomalies import AnomalyViewSet, HealthViewSet
 from analytics.api.views import PointsIngestView, SeriesQueryViewSet, SeriesViewSet
 from tenants.api.views import ApiKeyViewSet
@@ -13,6 +24,15 @@ router = SimpleRouter(trailing_slash=False)
 router.register("series", SeriesViewSet, basename="series")
 router.register("keys", ApiKeyViewSet, basename="keys")
 router.register("anomalies", AnomalyViewSet, basename="anomalies")
+router.register("rules", RuleViewSet, basename="rules")
+router.register("rule-templates", RuleTemplateViewSet, basename="rule-templates")
+router.register("alerts", AlertViewSet, basename="alerts")
+router.register("incidents", IncidentViewSet, basename="incidents")
+router.register("silences", SilenceViewSet, basename="silences")
+router.register("mute-windows", MuteWindowViewSet, basename="mute-windows")
+router.register("routes", RouteViewSet, basename="routes")
+router.register("endpoints", EndpointViewSet, basename="endpoints")
+router.register("deliveries", DeliveryViewSet, basename="deliveries")
 
 
 api_v1 = [

@@ -126,6 +126,14 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Choice sets used by several serializers get one name in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "AlertRuleKindEnum": "alerts.models.AlertRule.Kind",
+        "IncidentStatusEnum": "alerts.models.Incident.Status",
+        "DeliveryStatusEnum": "alerts.models.Delivery.Status",
+        "SeverityEnum": "alerts.models.Severity",
+        "NotificationEventEnum": "alerts.models.Notification.Event",
+    },
 }
 
 # --- Celery -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from django.core.management import call_command
@@ -33,6 +34,33 @@ def test_schema_documents_every_endpoint_with_the_error_shape(anonymous: APIClie
         "/api/v1/series/{id}/scores",
         "/api/v1/health",
         "/api/v1/health/top",
+        "/api/v1/rules",
+        "/api/v1/rules/{id}",
+        "/api/v1/rules/{id}/versions",
+        "/api/v1/rules/{id}/preview",
+        "/api/v1/rule-templates",
+        "/api/v1/rule-templates/{name}/apply",
+        "/api/v1/alerts",
+        "/api/v1/alerts/{id}",
+        "/api/v1/incidents",
+        "/api/v1/incidents/{id}",
+        "/api/v1/incidents/{id}/acknowledge",
+        "/api/v1/incidents/{id}/assign",
+        "/api/v1/incidents/{id}/comment",
+        "/api/v1/incidents/{id}/resolve",
+        "/api/v1/silences",
+        "/api/v1/silences/{id}",
+        "/api/v1/mute-windows",
+        "/api/v1/mute-windows/{id}",
+        "/api/v1/routes",
+        "/api/v1/routes/{id}",
+        "/api/v1/endpoints",
+        "/api/v1/endpoints/{id}",
+        "/api/v1/endpoints/{id}/send-test",
+        "/api/v1/endpoints/{id}/rotate-secret",
+        "/api/v1/deliveries",
+        "/api/v1/deliveries/{id}",
+        "/api/v1/deliveries/{id}/replay",
     ]:
         assert path in paths, path
     ingest = paths["/api/v1/points"]["post"]
@@ -41,6 +69,29 @@ def test_schema_documents_every_endpoint_with_the_error_shape(anonymous: APIClie
     assert ingest["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
     assert "text/csv" in paths["/api/v1/series/{id}/points"]["get"]["responses"]["200"]["content"]
     assert schema["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+
+
+ALERTING = ("rules", "rule-templates", "alerts", "incidents", "silences", "mute-windows", "routes", "endpoints")
+
+
+def test_alerting_operations_have_a_summary_examples_and_the_error_shape(anonymous: APIClient) -> None:
+    paths = anonymous.get("/api/v1/schema?format=json").json()["paths"]
+    prefixes = tuple(f"/api/v1/{name}" for name in (*ALERTING, "deliveries"))
+    operations = [
+        (f"{method.upper()} {path}", operation)
+        for path, by_method in paths.items()
+        if path.startswith(prefixes)
+        for method, operation in by_method.items()
+    ]
+    assert len(operations) == 45
+    for where, operation in operations:
+        assert operation["summary"] and operation["description"], where
+        assert "examples" in json.dumps(operation), where
+        responses = operation["responses"]
+        assert {"401", "403"} <= set(responses), where
+        for code, response in responses.items():
+            if code.startswith("4"):
+                assert response["content"]["application/json"]["schema"]["$ref"].endswith("/Error"), (where, code)
 
 
 def test_docs_page_is_served(anonymous: APIClient) -> None:
