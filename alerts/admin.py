@@ -181,6 +181,14 @@ class AlertRuleAdmin(ServiceAdmin):
     readonly_fields = ["version", "created_at", "updated_at", "versions_table"]
     actions = ["preview"]
 
+    # Deleting resolves (and notifies) the rule's firing alerts first: the service, not a bare delete.
+    def delete_model(self, request: HttpRequest, obj: AlertRule) -> None:
+        services.rule_delete(rule=obj, actor=request.user.get_username())
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AlertRule]) -> None:
+        for rule in queryset:
+            services.rule_delete(rule=rule, actor=request.user.get_username())
+
     @admin.display(description="Versions")
     def versions_table(self, rule: AlertRule) -> str:
         if rule.pk is None:

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from alerts.conditions import ConditionError, condition_parse, template_check
@@ -25,6 +26,7 @@ from alerts.models import (
     Incident,
     IncidentActivity,
     MuteWindow,
+    NotificationGroup,
     Route,
     Severity,
     Silence,
@@ -91,7 +93,8 @@ def rule_create(*, tenant: Tenant, created_by: str = "", **values: Any) -> Alert
 def rule_update(*, rule: AlertRule, updated_by: str = "", **changes: Any) -> AlertRule:
     """Edit a rule. A change to a versioned field writes version N+1 (the old one is kept, and
     alerts and incidents keep pointing at the version that moved them); renaming or enabling
-    does not. Does nothing when nothing changes."""
+    does not. Disabling resolves its alerts (notified as usual). Does nothing when nothing
+    changes."""
     unknown = set(changes) - set(RULE_FIELDS)
     if unknown:
         raise TypeError(f"unknown rule fields {sorted(unknown)}")
@@ -111,6 +114,9 @@ def rule_update(*, rule: AlertRule, updated_by: str = "", **changes: Any) -> Ale
                     rule=locked, version=locked.version, spec=locked.spec(), created_by=updated_by
                 )
             locked.save()
+            if "enabled" in changed and not locked.enabled:
+                # A disabled rule is no longer evaluated: its alerts end now rather than fire on.
+                _alerts_resolve(alerts=locked.alerts.all(), actor=updated_by)
     except IntegrityError:
         raise _duplicate("rule", merged["name"]) from None
     return locked
@@ -301,20 +307,31 @@ def incident_resolve(*, incident: Incident, actor: str) -> Incident:
     """Resolve an incident by hand. Its firing alerts resolve with it (and are notified as
     resolved); if their condition still holds they fire again, in a new incident, at the next
     evaluation. Does nothing if already resolved."""
-    from alerts import notifications
-
-    now = timezone.now()
     with transaction.atomic():
         AlertRule.objects.select_for_update().filter(pk=incident.rule_id).first()  # no evaluation in between
         locked = _incident_locked(incident)
-        if locked.status == Incident.Status.RESOLVED:
-            return locked
-        firing = list(locked.alerts.filter(state=Alert.State.FIRING))
-        for alert in firing:
-            alert.state, alert.resolved_at, alert.clear_since = Alert.State.RESOLVED, now, None
-            alert.save(update_fields=["state", "resolved_at", "clear_since"])
+        if locked.status != Incident.Status.RESOLVED:
+            _alerts_resolve(alerts=locked.alerts.all(), actor=actor)
+    locked.refresh_from_db()
+    return locked
+
+
+def _alerts_resolve(*, alerts: QuerySet[Alert], actor: str) -> list[NotificationGroup]:
+    """Resolve `alerts` by hand (pending ones go back to inactive): each firing one with an
+    activity row on its incident, the incidents left without a firing alert with them, and
+    their notification groups marked due. Runs in the caller's transaction, under its lock on
+    the rule. Returns the groups marked."""
+    from alerts import notifications
+
+    now = timezone.now()
+    alerts.filter(state=Alert.State.PENDING).update(state=Alert.State.INACTIVE, active_at=None)
+    firing = list(alerts.filter(state=Alert.State.FIRING).select_related("incident", "tenant"))
+    for alert in firing:
+        alert.state, alert.resolved_at, alert.clear_since = Alert.State.RESOLVED, now, None
+        alert.save(update_fields=["state", "resolved_at", "clear_since"])
+        if alert.incident is not None:
             IncidentActivity.objects.create(
-                incident=locked,
+                incident=alert.incident,
                 kind=IncidentActivity.Kind.STATE_CHANGE,
                 alert=alert,
                 previous="firing",
@@ -322,11 +339,32 @@ def incident_resolve(*, incident: Incident, actor: str) -> Incident:
                 value=alert.value,
                 actor=actor,
             )
-        locked.status, locked.resolved_at = Incident.Status.RESOLVED, now
-        locked.save(update_fields=["status", "resolved_at"])
-        IncidentActivity.objects.create(incident=locked, kind=IncidentActivity.Kind.RESOLVED, actor=actor)
-        notifications.alerts_changed(tenant=locked.tenant, alerts=firing, now=now)
-    return locked
+    incidents = {alert.incident for alert in firing if alert.incident is not None}
+    for incident in incidents:
+        if not incident.alerts.filter(state=Alert.State.FIRING).exists():
+            incident.status, incident.resolved_at = Incident.Status.RESOLVED, now
+            incident.save(update_fields=["status", "resolved_at"])
+            IncidentActivity.objects.create(incident=incident, kind=IncidentActivity.Kind.RESOLVED, actor=actor)
+    if not firing:
+        return []
+    return notifications.alerts_changed(tenant=firing[0].tenant, alerts=firing, now=now)
+
+
+def rule_delete(*, rule: AlertRule, actor: str = "") -> None:
+    """Delete a rule with its versions, alerts and incidents. Its firing alerts are resolved
+    first and their resolution is notified at once (the groups are flushed now, before the
+    alerts they read are gone), so receivers are not left with alerts that never end."""
+    from alerts import notifications
+
+    with transaction.atomic():
+        locked = AlertRule.objects.select_for_update().filter(pk=rule.pk).first()
+        if locked is None:
+            return
+        now = timezone.now()
+        for group in _alerts_resolve(alerts=locked.alerts.all(), actor=actor):
+            NotificationGroup.objects.filter(pk=group.pk).update(flush_at=now)
+            notifications.group_flush(group_id=group.pk, now=now)
+        locked.delete()
 
 
 # --- silences, mute windows, routes ------------------------------------------------------------

@@ -458,6 +458,9 @@ class RuleViewSet(WritableViewSet):
             return services.rule_create(tenant=self.tenant, created_by=self.actor, **values)
         return services.rule_update(rule=instance, updated_by=self.actor, **values)
 
+    def perform_destroy(self, instance: AlertRule) -> None:
+        services.rule_delete(rule=instance, actor=self.actor)
+
     def render(self, instance: Model) -> Any:
         return super().render(self.get_queryset().get(pk=instance.pk))  # with its actors
 

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from alerts import services
 from alerts.evaluation import rule_evaluate
-from alerts.models import AlertRule, Delivery, MuteWindow, Notification, NotificationGroup
+from alerts.models import Alert, AlertRule, Delivery, Incident, MuteWindow, Notification, NotificationGroup
 from alerts.notifications import groups_flush_due, mute_window_active
 from tenants.models import Tenant
 from tests.alerts.factories import WebhookEndpointFactory
@@ -322,3 +322,35 @@ def test_the_sweeper_flushes_a_group_whose_flush_message_was_lost(tenant: Tenant
     assert groups_flush_due(now=now + timedelta(minutes=3)) == 1
     assert groups_flush_due(now=now + timedelta(minutes=3)) == 0  # a second sweep sends nothing more
     assert len(bodies()) == 1
+
+
+def test_deleting_a_rule_notifies_its_firing_alerts_as_resolved_first(
+    tenant: Tenant, now: datetime, grouping: Any
+) -> None:
+    latency = rule(tenant)
+    push(tenant, "web-1", [1500], now)
+    rule_evaluate(rule_id=latency.pk, now=now)
+    groups_flush_due(now=now + timedelta(seconds=30))
+
+    services.rule_delete(rule=latency, actor="key:ops")
+
+    first, last = bodies()
+    assert (first["status"], last["status"]) == ("firing", "resolved")
+    assert last["alerts"][0]["labels"]["node"] == "web-1"
+    assert not AlertRule.objects.exists()
+
+
+def test_disabling_a_rule_resolves_its_alerts_and_incident(tenant: Tenant, now: datetime, at_once: Any) -> None:
+    latency = rule(tenant, for_seconds=0)
+    push(tenant, "web-1", [1500], now)
+    push(tenant, "web-2", [1500], now)
+    rule_evaluate(rule_id=latency.pk, now=now)
+
+    services.rule_update(rule=latency, enabled=False, updated_by="key:ops")
+
+    assert set(Alert.objects.values_list("state", flat=True)) == {"resolved"}
+    incident = Incident.objects.get()
+    assert incident.status == "resolved"
+    assert incident.activity.last().actor == "key:ops"
+    groups_flush_due(now=timezone.now() + timedelta(minutes=2))
+    assert sorted(b["status"] for b in bodies()) == ["firing", "firing", "resolved", "resolved"]
