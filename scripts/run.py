@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 PORT = os.environ.get("VIGIL_PORT", "8000")
+RECEIVER_PORT = os.environ.get("VIGIL_DEMO_RECEIVER_PORT", "8001")
 PY = sys.executable
 QUEUES = "ingest,rollup,detect,train,drift,alerts,webhooks"
 
@@ -27,10 +28,11 @@ def manage(*args: str) -> None:
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
     RUN_DIR.mkdir(exist_ok=True)
-    key_file = RUN_DIR / "demo-key"
+    key_file, secret_file = RUN_DIR / "demo-key", RUN_DIR / "demo-webhook-secret"
+    receiver = f"http://127.0.0.1:{RECEIVER_PORT}/hook"
     manage("migrate", "--no-input", "-v", "0")
     manage("sync_periodic_tasks")
-    manage("demo_setup", "--key-file", str(key_file))
+    manage("demo_setup", "--key-file", str(key_file), "--receiver-url", receiver, "--secret-file", str(secret_file))
 
     celery = [PY, "-m", "celery", "-A", "config"]
     commands = {
@@ -39,10 +41,12 @@ def main() -> int:
         "worker": [*celery, "worker", "-Q", QUEUES, "--pool", "threads", "--concurrency", "4", "--loglevel", "INFO"],
         "beat": [*celery, "beat", "--loglevel", "INFO", "--schedule", str(RUN_DIR / "celerybeat-schedule")],
         "demo": [PY, "manage.py", "demo_stream", "--url", f"http://127.0.0.1:{PORT}", "--key-file", str(key_file)],
+        "receiver": [PY, "manage.py", "demo_receiver", "--port", RECEIVER_PORT, "--secret-file", str(secret_file)],
     }
     procs = {name: subprocess.Popen(cmd, cwd=ROOT, start_new_session=True) for name, cmd in commands.items()}
     print(f"\nVigil is up: http://127.0.0.1:{PORT}/api/v1/docs  admin: http://127.0.0.1:{PORT}/admin/ (admin/admin)")
-    print("Ctrl-C stops web, worker, beat and the demo stream.\n", flush=True)
+    print(f"The demo tenant's alerts are posted, signed, to the demo receiver at {receiver}.")
+    print("Ctrl-C stops web, worker, beat, the demo stream and the receiver.\n", flush=True)
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
