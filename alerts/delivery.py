@@ -279,7 +279,7 @@ def endpoint_secret_rotate(*, endpoint: WebhookEndpoint, now: datetime | None = 
     now = now or timezone.now()
     secret = secret_generate()
     with transaction.atomic():
-        current = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+        current = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint.pk)
         current.previous_secret = current.secret
         current.previous_secret_expires_at = now + timedelta(seconds=settings.VIGIL_WEBHOOK_ROTATION_SECONDS)
         current.secret = secret

@@ -154,7 +154,12 @@ def rule_evaluate(*, rule_id: int, now: datetime | None = None, series_ids: set[
     """
     now = now or timezone.now()
     with transaction.atomic():
-        rule = AlertRule.objects.select_for_update().select_related("tenant").filter(pk=rule_id, enabled=True).first()
+        rule = (
+            AlertRule.objects.select_for_update(of=("self",), no_key=True)
+            .select_related("tenant")
+            .filter(pk=rule_id, enabled=True)
+            .first()
+        )
         if rule is None:
             return []
         version = AlertRuleVersion.objects.get(rule=rule, version=rule.version)
@@ -272,7 +277,12 @@ def _incidents_update(rule: AlertRule, version: AlertRuleVersion, changes: list[
     relevant = [c for c in changes if c.events]
     if not relevant:
         return
-    incident = Incident.objects.select_for_update().filter(rule=rule).exclude(status=Incident.Status.RESOLVED).first()
+    incident = (
+        Incident.objects.select_for_update(no_key=True)
+        .filter(rule=rule)
+        .exclude(status=Incident.Status.RESOLVED)
+        .first()
+    )
     for change in relevant:
         alert = change.alert
         if change.events == ["firing"] and incident is None:
@@ -331,10 +341,12 @@ def fingerprint_of(labels: dict[str, str]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def scope_series(*, tenant: Tenant, selector: tuple[Matcher, ...]) -> list[MetricSeries]:
-    """The tenant's series the selector matches. Exact matchers on the address narrow the SQL;
-    the rest (regexes, labels) are applied here."""
+def scope_series(*, tenant: Tenant, selector: tuple[Matcher, ...], near: Q | None = None) -> list[MetricSeries]:
+    """The tenant's series the selector matches (among `near`, when given). Exact matchers on
+    the address narrow the SQL; the rest (regexes, labels) are applied here."""
     queryset = MetricSeries.objects.filter(tenant=tenant)
+    if near is not None:
+        queryset = queryset.filter(near)
     for matcher in selector:
         if matcher.label in ADDRESS and matcher.op == "=":
             queryset = queryset.filter(**{matcher.label: matcher.value})
@@ -364,7 +376,7 @@ def observe(
     by = condition.by if condition.kind in ("threshold", "change") else "series"
     keys: dict[str, Observation] = {}
     last_point: dict[str, datetime] = {}
-    for series in scope_series(tenant=rule.tenant, selector=selector):
+    for series in scope_series(tenant=rule.tenant, selector=selector, near=_near(rule.tenant, by, series_ids)):
         labels = {**_key_labels(series, by), **rule.labels, "alertname": rule.name}
         fingerprint = fingerprint_of(labels)
         seen = keys.setdefault(fingerprint, Observation(labels=labels, series_ids=[]))
@@ -387,6 +399,22 @@ def observe(
         for fp, seen in keys.items():
             seen.value = (now - last_point[fp]).total_seconds()
     return keys
+
+
+def _near(tenant: Tenant, by: str, series_ids: set[int] | None) -> Q | None:
+    """The series that share an alert key with `series_ids` (None: all): themselves, or those of
+    the same node's or cluster's metric. Keeps an evaluation after ingest proportional to what
+    the batch touched, not to the tenant's size."""
+    if series_ids is None:
+        return None
+    if by == "series":
+        return Q(pk__in=sorted(series_ids))
+    fields = ("cluster", "node", "metric") if by == "node" else ("cluster", "metric")
+    addresses = set(MetricSeries.objects.filter(tenant=tenant, pk__in=sorted(series_ids)).values_list(*fields))
+    near = Q(pk__in=[])
+    for address in addresses:
+        near |= Q(**dict(zip(fields, address, strict=True)))
+    return near
 
 
 def _observe_threshold(

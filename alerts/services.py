@@ -105,7 +105,7 @@ def rule_update(*, rule: AlertRule, updated_by: str = "", **changes: Any) -> Ale
         return rule
     try:
         with transaction.atomic():
-            locked = AlertRule.objects.select_for_update().get(pk=rule.pk)
+            locked = AlertRule.objects.select_for_update(no_key=True).get(pk=rule.pk)
             for field in changed:
                 setattr(locked, field, merged[field])
             if set(changed) & set(AlertRule.VERSIONED_FIELDS):
@@ -254,7 +254,7 @@ def rule_template_apply(
 
 
 def _incident_locked(incident: Incident) -> Incident:
-    return Incident.objects.select_for_update().get(pk=incident.pk)
+    return Incident.objects.select_for_update(no_key=True).get(pk=incident.pk)
 
 
 def incident_acknowledge(*, incident: Incident, actor: str) -> Incident:
@@ -308,7 +308,7 @@ def incident_resolve(*, incident: Incident, actor: str) -> Incident:
     resolved); if their condition still holds they fire again, in a new incident, at the next
     evaluation. Does nothing if already resolved."""
     with transaction.atomic():
-        AlertRule.objects.select_for_update().filter(pk=incident.rule_id).first()  # no evaluation in between
+        AlertRule.objects.select_for_update(no_key=True).filter(pk=incident.rule_id).first()  # no evaluation in between
         locked = _incident_locked(incident)
         if locked.status != Incident.Status.RESOLVED:
             _alerts_resolve(alerts=locked.alerts.all(), actor=actor)
@@ -357,7 +357,7 @@ def rule_delete(*, rule: AlertRule, actor: str = "") -> None:
     from alerts import notifications
 
     with transaction.atomic():
-        locked = AlertRule.objects.select_for_update().filter(pk=rule.pk).first()
+        locked = AlertRule.objects.select_for_update(no_key=True).filter(pk=rule.pk).first()
         if locked is None:
             return
         now = timezone.now()
