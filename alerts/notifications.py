@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from alerts import delivery
@@ -119,7 +119,7 @@ def group_of(route: RouteSpec, labels: dict[str, str]) -> tuple[str, dict[str, s
     if "..." in route.group_by:
         group_labels = {k: v for k, v in labels.items() if k != "severity"}
     else:
-        group_labels = {name: labels.get(name, "") for name in route.group_by}
+        group_labels = {name: labels[name] for name in route.group_by if name in labels}  # absent: left out
     canonical = json.dumps([route.route_id, sorted(group_labels.items())], separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest(), group_labels
 
@@ -230,23 +230,21 @@ def _group_alerts(
     """(firing alerts of the group that are not suppressed, the suppressed ones, notified
     alerts that resolved).
 
-    One light read of the tenant's firing alerts (id, labels, severity) serves both the group's
-    membership and inhibition; only the group's own alerts are then loaded whole. A flush costs
-    a label check per firing alert of the tenant, not a row with its joins."""
-    firing_rows = list(
-        Alert.objects.filter(tenant=group.tenant, state=Alert.State.FIRING).values_list(
-            "pk", "labels", "severity", "rule__inhibits_nodes"
-        )
-    )
+    Membership is decided on light rows (id, labels, severity) narrowed in SQL to the alerts
+    carrying the group's labels where the database can (PostgreSQL's jsonb @>), and inhibition
+    reads only the firing cluster-level alerts; only the group's own alerts are loaded whole."""
+    firing_alerts = Alert.objects.filter(tenant=group.tenant, state=Alert.State.FIRING)
+    candidates = firing_alerts
+    if connection.features.supports_json_field_contains:  # PostgreSQL: only alerts with the group's labels
+        candidates = candidates.filter(labels__contains=group.labels)
     members = {
         pk: labels
-        for pk, labels, severity, _ in firing_rows
+        for pk, labels, severity in candidates.values_list("pk", "labels", "severity")
         if route in routes_matching(routes, labels, severity) and group_of(route, labels)[0] == group.key
     }
+    cluster_level = firing_alerts.filter(rule__inhibits_nodes=True).exclude(labels__has_key="node")
     inhibitors = {
-        (labels.get("cluster"), labels.get("metric"))
-        for _, labels, _, inhibits in firing_rows
-        if inhibits and "node" not in labels
+        (labels.get("cluster"), labels.get("metric")) for labels in cluster_level.values_list("labels", flat=True)
     }
     muters = _muters(group.tenant, now)
 

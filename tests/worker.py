@@ -87,3 +87,9 @@ def worker_stop(worker: subprocess.Popen[bytes], *, kill: bool = False) -> None:
     except subprocess.TimeoutExpired:
         worker.kill()
         worker.wait()
+
+
+def workers_idle() -> bool:
+    """No worker runs, holds or has scheduled (eta) a task: safe to flush the database."""
+    inspect = celery_app.control.inspect(timeout=1.0)
+    return not any(any((method() or {}).values()) for method in (inspect.active, inspect.reserved, inspect.scheduled))
