@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/rollup.py
 	$(PY) bench/detect.py
+	$(PY) bench/alert_latency.py
 
 lint: $(STAMP)  # ruff and mypy, both clean
 	$(PY) -m ruff check .
