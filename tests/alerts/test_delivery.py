@@ -27,6 +27,7 @@ from config.errors import Rejected
 from tenants.models import Membership, Tenant
 from tests.alerts.factories import DeliveryFactory, NotificationFactory, WebhookEndpointFactory
 from tests.alerts.receiver import Answer, Receiver
+from tests.concurrency import run_concurrently
 
 pytestmark = pytest.mark.django_db
 
@@ -745,21 +746,8 @@ def test_a_result_arriving_after_its_lease_was_reclaimed_is_dropped(receiver: Re
 def test_two_workers_claiming_the_same_delivery_send_it_once(receiver: Receiver) -> None:
     target = DeliveryFactory(endpoint__url=receiver.url)
     receiver.answer(Answer(200, delay=0.2))
-    start = threading.Barrier(2)
     outcomes: list[str | None] = []
-
-    def work() -> None:
-        try:
-            start.wait()
-            outcomes.append(service.delivery_attempt(delivery_id=target.pk))
-        finally:
-            connection.close()
-
-    workers = [threading.Thread(target=work) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    assert run_concurrently([lambda: outcomes.append(service.delivery_attempt(delivery_id=target.pk))] * 2) == []
 
     assert sorted(outcomes, key=str) == [None, "delivered"]  # one claimed it, the other found nothing due
     assert len(receiver.received()) == 1

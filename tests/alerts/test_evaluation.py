@@ -4,12 +4,10 @@ notification outbox written in the same transaction."""
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from alerts import services
@@ -20,6 +18,7 @@ from analytics import services as analytics_services
 from analytics.models import IngestBatch, MetricSeries
 from tenants.models import Tenant
 from tests.analytics.factories import AnomalyResultFactory
+from tests.concurrency import run_concurrently
 from tests.tenants.factories import TenantFactory
 
 pytestmark = pytest.mark.django_db
@@ -369,23 +368,7 @@ def test_a_disabled_rule_is_not_evaluated(tenant: Tenant, now: datetime) -> None
 def test_two_evaluations_at_once_give_one_alert_one_incident_one_notification(tenant: Tenant, now: datetime) -> None:
     push(tenant, "web-1", [1500] * 6, now)
     rule = latency_rule(tenant)
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def evaluate() -> None:
-        try:
-            barrier.wait()
-            rule_evaluate(rule_id=rule.pk, now=now)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=evaluate) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_concurrently([lambda: rule_evaluate(rule_id=rule.pk, now=now)] * 2)
     assert not errors
     assert (Alert.objects.count(), Incident.objects.count(), Notification.objects.count()) == (1, 1, 1)
     assert NotificationGroup.objects.count() == 1

@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from analytics import services
 from analytics.models import MetricSeries, Point
 from config.errors import Rejected
+from tests.concurrency import run_concurrently
 from tests.tenants.factories import TenantFactory
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
-
-
-def run_concurrently(jobs: list[Any]) -> list[BaseException]:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(jobs))
-
-    def worker(job: Any) -> None:
-        try:
-            barrier.wait()
-            job()
-        except BaseException as exc:  # collected and asserted on by the test
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker, args=(job,)) for job in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return errors
 
 
 def test_overlapping_batches_with_new_series_never_deadlock_or_duplicate() -> None:

@@ -21,7 +21,7 @@ from analytics.rollups import STAT_FIELDS, rollups_refresh
 from analytics.selectors import rollups_revised_since
 from config.celery_app import app as celery_app
 from tenants.models import Tenant
-from tests.analytics.test_ingest_concurrency import run_concurrently
+from tests.concurrency import run_concurrently
 from tests.tenants.factories import TenantFactory
 from tests.waiting import wait_for
 
