@@ -76,9 +76,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(bar, red=True, bold=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """A real worker process consuming every queue, shared by the end-to-end tests."""
+    """A real worker process consuming every queue, shared by the end-to-end tests of a module.
+
+    Per module, not per session: a worker left running would consume the messages that later
+    transactional tests publish and mean to drive through the pipeline themselves."""
     from tests.worker import worker_start, worker_stop
 
     worker = worker_start()
