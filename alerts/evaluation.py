@@ -367,11 +367,21 @@ def _key_labels(series: MetricSeries, by: str) -> dict[str, str]:
 
 
 def observe(
-    *, rule: AlertRule, condition: Condition, now: datetime, series_ids: set[int] | None = None
+    *,
+    rule: AlertRule,
+    condition: Condition,
+    now: datetime,
+    series_ids: set[int] | None = None,
+    replay: bool = False,
 ) -> dict[str, Observation]:
     """The rule's alert keys in scope with what this evaluation sees for each (value or no data).
     With `series_ids`, only the keys those series belong to (whole keys: a cluster-level key is
-    read over all its series)."""
+    read over all its series).
+
+    A live evaluation also reads points stamped a little ahead of `now` (ingest admits clock
+    skew up to VIGIL_INGEST_MAX_FUTURE_SECONDS): a client whose clock runs ahead must not wait
+    for beat's next tick. A `replay` (the preview) reads up to `now` only: it is `now` in the
+    past, and later points did not exist yet."""
     selector = matchers_parse(rule.selector, "selector")
     by = condition.by if condition.kind in ("threshold", "change") else "series"
     keys: dict[str, Observation] = {}
@@ -389,7 +399,7 @@ def observe(
         return {}
     owner = {sid: fp for fp, seen in keys.items() for sid in seen.series_ids}
     if condition.kind == "threshold":
-        _observe_threshold(keys, owner, condition, now)
+        _observe_threshold(keys, owner, condition, now, replay)
     elif condition.kind == "change":
         _observe_change(keys, owner, condition, now)
     elif condition.kind == "anomaly":
@@ -418,10 +428,13 @@ def _near(tenant: Tenant, by: str, series_ids: set[int] | None) -> Q | None:
 
 
 def _observe_threshold(
-    keys: dict[str, Observation], owner: dict[int, str], condition: Condition, now: datetime
+    keys: dict[str, Observation], owner: dict[int, str], condition: Condition, now: datetime, replay: bool
 ) -> None:
     since = now - timedelta(seconds=condition.window_seconds)
-    rows = Point.objects.filter(series_id__in=list(owner), ts__gt=since, ts__lte=now).order_by("ts")
+    rows = Point.objects.filter(series_id__in=list(owner), ts__gt=since)
+    if replay:
+        rows = rows.filter(ts__lte=now)
+    rows = rows.order_by("ts")
     values: dict[str, list[float]] = defaultdict(list)
     for series_id, value in rows.values_list("series_id", "value").iterator(chunk_size=10_000):
         values[owner[series_id]].append(value)
@@ -523,7 +536,7 @@ def rule_preview(
     steps = int(hours * 3600 // step_seconds)
     for i in range(steps + 1):
         moment = start + timedelta(seconds=i * step_seconds)
-        for fingerprint, seen in observe(rule=rule, condition=condition, now=moment).items():
+        for fingerprint, seen in observe(rule=rule, condition=condition, now=moment, replay=True).items():
             labels[fingerprint] = seen.labels
             previous = states.get(fingerprint, AlertState())
             if seen.value is None:

@@ -117,6 +117,13 @@ def test_evaluating_again_at_the_same_time_changes_nothing(tenant: Tenant, now: 
     assert IncidentActivity.objects.count() == 2
 
 
+def test_a_point_stamped_a_little_ahead_of_now_is_evaluated_at_once(tenant: Tenant, now: datetime) -> None:
+    push(tenant, "web-1", [1500], now + timedelta(seconds=5))  # the client's clock runs 5 s ahead
+    rule = latency_rule(tenant)
+    [change] = rule_evaluate(rule_id=rule.pk, now=now)
+    assert change.alert.state == "firing"
+
+
 def test_a_window_without_points_is_no_data_not_zero(tenant: Tenant, now: datetime) -> None:
     push(tenant, "web-1", [1500] * 6, now - timedelta(minutes=10))
     rule = latency_rule(tenant, condition={"aggregate": "max", "window_seconds": 60, "operator": "<", "critical": 1})
