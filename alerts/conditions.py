@@ -27,12 +27,13 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from alerts.matchers import MatcherError
 
@@ -199,16 +200,20 @@ def _error(field: str, message: str) -> dict[str, Any]:
     return {"field": field, "code": "invalid", "message": message}
 
 
-def aggregate(values: np.ndarray, how: str) -> float:
-    """One aggregate of the raw values of a window, in time order (`last` is the newest).
-    Percentiles interpolate linearly, like the rollups (PostgreSQL's percentile_cont)."""
+def aggregate_by(keys: Sequence[Hashable], values: Sequence[float], how: str) -> dict[Hashable, float]:
+    """`how` of the values of each key, in one vectorised pass; values come in time order (so
+    `last` is the newest). Percentiles interpolate linearly, like the rollups (PostgreSQL's
+    percentile_cont, numpy's default)."""
+    if not len(values):
+        return {}
+    grouped = pd.Series(np.asarray(values, dtype=float)).groupby(np.asarray(keys), sort=False)
     if how == "count":
-        return float(len(values))
-    if how == "last":
-        return float(values[-1])
-    if how.startswith("p"):
-        return float(np.percentile(values, float(how[1:])))
-    return float(getattr(np, how)(values))
+        result = grouped.size().astype(float)
+    elif how.startswith("p"):
+        result = grouped.quantile(float(how[1:]) / 100, interpolation="linear")
+    else:
+        result = getattr(grouped, how)()
+    return {key: float(value) for key, value in result.items()}
 
 
 def percent_change(current: float, previous: float) -> float | None:

@@ -32,7 +32,7 @@ from alerts import notifications
 from alerts.conditions import (
     AlertState,
     Condition,
-    aggregate,
+    aggregate_by,
     alert_step,
     condition_parse,
     percent_change,
@@ -431,16 +431,13 @@ def _observe_threshold(
     keys: dict[str, Observation], owner: dict[int, str], condition: Condition, now: datetime, replay: bool
 ) -> None:
     since = now - timedelta(seconds=condition.window_seconds)
-    rows = Point.objects.filter(series_id__in=list(owner), ts__gt=since)
+    points = Point.objects.filter(series_id__in=list(owner), ts__gt=since)
     if replay:
-        rows = rows.filter(ts__lte=now)
-    rows = rows.order_by("ts")
-    values: dict[str, list[float]] = defaultdict(list)
-    for series_id, value in rows.values_list("series_id", "value").iterator(chunk_size=10_000):
-        values[owner[series_id]].append(value)
+        points = points.filter(ts__lte=now)
+    rows = list(points.order_by("ts").values_list("series_id", "value").iterator(chunk_size=10_000))
+    found = aggregate_by([owner[sid] for sid, _ in rows], [value for _, value in rows], condition.aggregate)
     for fp, seen in keys.items():
-        if values.get(fp):
-            seen.value = aggregate(np.asarray(values[fp]), condition.aggregate)
+        seen.value = found.get(fp)
 
 
 def _observe_change(keys: dict[str, Observation], owner: dict[int, str], condition: Condition, now: datetime) -> None:

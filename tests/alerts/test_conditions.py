@@ -11,7 +11,7 @@ from alerts.conditions import (
     AlertState,
     ConditionError,
     Thresholds,
-    aggregate,
+    aggregate_by,
     alert_step,
     condition_parse,
     percent_change,
@@ -96,13 +96,18 @@ def test_lower_bound_thresholds_work_with_less_than() -> None:
     assert thresholds.judge(-10, firing="warning") is None
 
 
-def test_aggregates_match_numpy_and_the_rollups_percentiles() -> None:
-    values = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0])
-    assert aggregate(values, "count") == 8
-    assert aggregate(values, "last") == 6.0
-    assert aggregate(values, "mean") == pytest.approx(3.875)
-    assert aggregate(values, "p50") == pytest.approx(3.5)
-    assert aggregate(values, "p99") == pytest.approx(np.percentile(values, 99))
+def test_aggregates_match_numpy_and_the_rollups_percentiles_per_key() -> None:
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+    keys = ["a", "b"] * 4  # a: 3 4 5 2, b: 1 1 9 6, in time order
+    assert aggregate_by(keys, values, "count") == {"a": 4, "b": 4}
+    assert aggregate_by(keys, values, "last") == {"a": 2.0, "b": 6.0}
+    assert aggregate_by(keys, values, "mean") == {"a": 3.5, "b": 4.25}
+    assert aggregate_by(keys, values, "min") == {"a": 2.0, "b": 1.0}
+    assert aggregate_by(keys, values, "p50") == {"a": 3.5, "b": 3.5}
+    assert aggregate_by(keys, values, "p99") == pytest.approx(
+        {"a": np.percentile([3, 4, 5, 2], 99), "b": np.percentile([1, 1, 9, 6], 99)}
+    )
+    assert aggregate_by([], [], "max") == {}
 
 
 def test_percent_change_has_no_answer_against_zero() -> None:
