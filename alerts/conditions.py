@@ -5,7 +5,8 @@ Condition JSON by rule kind (thresholds: at least one of `warning` / `critical`)
 
     threshold  {"aggregate": "p99", "window_seconds": 300, "by": "series",
                 "operator": ">", "warning": 500, "critical": 1000, "resolve": 450}
-    anomaly    {"window_seconds": 300, "labels": ["spike", "level_shift"], "warning": 0.9, "critical": 0.99}
+    anomaly    {"window_seconds": 300, "labels": ["spike", "level_shift"], "warning": 0.9, "critical": 0.99,
+                "level": "series"}
     no_data    {"seconds": 600, "severity": "critical"}
     change     {"aggregate": "count", "window_seconds": 3600, "offset_seconds": 604800, "by": "series",
                 "operator": "<", "warning": -30, "critical": -60}
@@ -14,7 +15,8 @@ Condition JSON by rule kind (thresholds: at least one of `warning` / `critical`)
   cluster, `by`), compared with the thresholds. `resolve` adds hysteresis: a firing alert stays
   breached until the value is no longer past `resolve` (e.g. > 500 fires, back under 450 resolves).
 - anomaly: the highest peak score of the scope's anomalies whose window reaches into the trailing
-  window (only `labels`, when given); the operator is `>=`.
+  window (only `labels`, when given); the operator is `>=`. `level: node` reads the node-level
+  (multivariate) anomalies of the nodes that have a series in scope instead: one alert per node.
 - no_data: no point for `seconds`. It is its own rule: a threshold rule never reads a missing
   window as 0 (see AlertRule.no_data_state).
 - change: the percent change of the aggregate over the trailing window against the same window
@@ -58,6 +60,9 @@ ANOMALY_LABELS = (
     "seasonal_break",
     "flatline",
 )
+# An anomaly rule reads the anomalies of each series, or the multivariate ones of each node
+# (one alert per node, labelled cluster and node).
+ANOMALY_LEVELS = ("series", "node")
 MAX_WINDOW_SECONDS = 86_400
 MAX_OFFSET_SECONDS = 28 * 86_400
 
@@ -109,7 +114,7 @@ def condition_parse(kind: str, raw: Any) -> Condition:
         raise ConditionError([_error("condition", "Expected an object.")])
     allowed = {
         "threshold": {"aggregate", "window_seconds", "by", "operator", "warning", "critical", "resolve"},
-        "anomaly": {"window_seconds", "labels", "warning", "critical"},
+        "anomaly": {"window_seconds", "labels", "warning", "critical", "level"},
         "no_data": {"seconds", "severity"},
         "change": {"aggregate", "window_seconds", "offset_seconds", "by", "operator", "warning", "critical"},
     }
@@ -150,6 +155,7 @@ def condition_parse(kind: str, raw: Any) -> Condition:
             window_seconds=seconds("window_seconds", 60, MAX_WINDOW_SECONDS, 300),
             thresholds=thresholds,
             labels=frozenset(labels),
+            by=choice("level", ANOMALY_LEVELS, "series"),
         )
     else:
         aggregates = RAW_AGGREGATES if kind == "threshold" else ROLLUP_AGGREGATES

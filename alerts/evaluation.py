@@ -361,6 +361,8 @@ def _series_labels(series: MetricSeries) -> dict[str, str]:
 def _key_labels(series: MetricSeries, by: str) -> dict[str, str]:
     if by == "series":
         return _series_labels(series)
+    if by == "host":
+        return {"cluster": series.cluster, "node": series.node}
     if by == "node":
         return {"cluster": series.cluster, "node": series.node, "metric": series.metric}
     return {"cluster": series.cluster, "metric": series.metric}
@@ -383,7 +385,9 @@ def observe(
     for beat's next tick. A `replay` (the preview) reads up to `now` only: it is `now` in the
     past, and later points did not exist yet."""
     selector = matchers_parse(rule.selector, "selector")
-    by = condition.by if condition.kind in ("threshold", "change") else "series"
+    by = "series" if condition.kind == "no_data" else condition.by
+    if condition.kind == "anomaly" and by == "node":
+        by = "host"  # a node-level anomaly is the node's, whatever metric brought it in scope
     keys: dict[str, Observation] = {}
     last_point: dict[str, datetime] = {}
     for series in scope_series(tenant=rule.tenant, selector=selector, near=_near(rule.tenant, by, series_ids)):
@@ -403,7 +407,7 @@ def observe(
     elif condition.kind == "change":
         _observe_change(keys, owner, condition, now)
     elif condition.kind == "anomaly":
-        _observe_anomaly(keys, owner, condition, now)
+        _observe_anomaly(keys, owner, condition, now, rule.tenant)
     else:  # no_data: seconds since the newest point; a series that never sent is not judged
         keys = {fp: seen for fp, seen in keys.items() if fp in last_point}
         for fp, seen in keys.items():
@@ -471,19 +475,28 @@ def _rollup_aggregates(owner: dict[int, str], start: datetime, end: datetime, ho
     return result
 
 
-def _observe_anomaly(keys: dict[str, Observation], owner: dict[int, str], condition: Condition, now: datetime) -> None:
+def _observe_anomaly(
+    keys: dict[str, Observation], owner: dict[int, str], condition: Condition, now: datetime, tenant: Tenant
+) -> None:
     since = now - timedelta(seconds=condition.window_seconds)
-    anomalies = AnomalyResult.objects.filter(series_id__in=list(owner)).filter(
-        Q(window_end__gte=since) | Q(status=AnomalyResult.Status.OPEN)
-    )
+    anomalies = AnomalyResult.objects.filter(Q(window_end__gte=since) | Q(status=AnomalyResult.Status.OPEN))
     if condition.labels:
         anomalies = anomalies.filter(label__in=sorted(condition.labels))
     for seen in keys.values():
         seen.value = 0.0  # no anomaly is a calm series, not a missing one
-    for anomaly_id, series_id, score in anomalies.values_list("pk", "series_id", "peak_score"):
-        seen = keys[owner[series_id]]
-        if seen.value is None or score > seen.value:
-            seen.value, seen.anomaly_id = score, anomaly_id
+    scored: list[tuple[int, str | None, float]]
+    if condition.by == "node":  # the multivariate anomalies of the nodes in scope
+        node_key = {(seen.labels["cluster"], seen.labels["node"]): fp for fp, seen in keys.items()}
+        nodes = anomalies.filter(tenant=tenant, series__isnull=True)
+        rows = nodes.values_list("pk", "cluster", "node", "peak_score")
+        scored = [(pk, node_key.get((cluster, node)), score) for pk, cluster, node, score in rows]
+    else:
+        found = anomalies.filter(series_id__in=list(owner)).values_list("pk", "series_id", "peak_score")
+        scored = [(pk, owner[series_id], score) for pk, series_id, score in found]
+    for anomaly_id, fp, score in scored:
+        target = keys.get(fp) if fp else None
+        if target is not None and (target.value is None or score > target.value):
+            target.value, target.anomaly_id = score, anomaly_id
 
 
 # --- preview ----------------------------------------------------------------------------------

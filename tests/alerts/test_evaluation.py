@@ -295,6 +295,34 @@ def test_an_anomaly_rule_fires_on_a_recent_high_score_and_carries_the_anomaly(te
     assert alert["vigil"]["explanation"] == anomaly.explanation
 
 
+def test_a_node_level_anomaly_rule_fires_once_per_node_on_multivariate_anomalies(tenant: Tenant, now: datetime) -> None:
+    series = push(tenant, "db-1", [1.0], now)
+    push(tenant, "db-1", [1.0], now, metric="cpu")
+    push(tenant, "web-1", [1.0], now)
+    AnomalyResultFactory(series=series, window_start=now - timedelta(minutes=2), window_end=now, peak_score=0.999)
+    node_anomaly = AnomalyResultFactory(
+        series=None,
+        tenant=tenant,
+        cluster="eu",
+        node="db-1",
+        metric="",
+        detector="isolation_forest",
+        window_start=now - timedelta(minutes=3),
+        window_end=now,
+        peak_score=0.97,
+    )
+    rule = services.rule_create(
+        tenant=tenant,
+        name="nodes",
+        kind="anomaly",
+        selector=[],
+        condition={"level": "node", "warning": 0.9, "critical": 0.99},
+    )
+    [change] = rule_evaluate(rule_id=rule.pk, now=now)  # not the series anomaly, not web-1
+    assert change.alert.labels == {"alertname": "nodes", "cluster": "eu", "node": "db-1", "severity": "warning"}
+    assert (change.alert.anomaly_id, change.alert.value) == (node_anomaly.pk, 0.97)
+
+
 def test_a_change_rule_compares_with_the_same_window_a_day_ago(tenant: Tenant, now: datetime) -> None:
     minute = now.replace(second=0)
     series = push(tenant, "web-1", [100.0] * 30, minute - timedelta(days=1), step=60, metric="requests")
