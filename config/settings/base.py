@@ -276,6 +276,9 @@ VIGIL_WEBHOOK_LEASE_MARGIN_SECONDS = env.float("VIGIL_WEBHOOK_LEASE_MARGIN_SECON
 # After a rotation the previous secret keeps signing (both signatures sent) for this long.
 VIGIL_WEBHOOK_ROTATION_SECONDS = env.int("VIGIL_WEBHOOK_ROTATION_SECONDS", default=86400)
 
+# Model registry (mlops/). Where trained models' bytes live: "database", or "file://<directory>".
+VIGIL_ARTIFACT_STORE = env.str("VIGIL_ARTIFACT_STORE", default="database")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

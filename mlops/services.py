@@ -1,0 +1,174 @@
+"""Writes for the model registry: register a trained version, promote it, roll back, load it.
+
+Every state change writes a ModelVersionEvent (the audit trail) in its own transaction, and a
+scope's versions are changed only under a lock on them, so concurrent promotions and rollbacks
+of one scope take turns and the database constraint (one active version) is never tested by a
+race. Training, the promotion gate and drift build on these (issue 6).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max, QuerySet
+from django.utils import timezone
+
+from analytics.models import MetricSeries
+from config.errors import Rejected
+from mlops.artifacts import ArtifactCorrupt, artifact_read, artifact_save, state_dumps
+from mlops.models import ModelVersion, ModelVersionEvent
+from tenants.models import Tenant
+
+Kind = ModelVersion.ScopeKind
+
+
+def scope_key(
+    *, kind: str, series: MetricSeries | None = None, cluster: str = "", node: str = "", metric: str = ""
+) -> str:
+    """The canonical name of a scope: `series:<id>`, `metric:<cluster>/<metric>` or `node:<cluster>/<node>`."""
+    if kind == Kind.SERIES:
+        if series is None:
+            raise ValueError("a series scope needs its series")
+        return f"series:{series.pk}"
+    if kind == Kind.METRIC:
+        return f"metric:{cluster}/{metric}"
+    if kind == Kind.NODE:
+        return f"node:{cluster}/{node}"
+    raise ValueError(f"scope kind must be one of {Kind.values}")
+
+
+def _scope_locked(tenant: Tenant, key: str) -> QuerySet[ModelVersion]:
+    """Lock every version of the scope (in id order, so two lockers cannot deadlock) for the rest
+    of the transaction, and return the scope's versions."""
+    versions = ModelVersion.objects.filter(tenant=tenant, scope_key=key)
+    list(versions.select_for_update(no_key=True).order_by("pk").values_list("pk", flat=True))
+    return versions
+
+
+def model_version_register(
+    *,
+    tenant: Tenant,
+    kind: str,
+    detector: str,
+    state: Any,
+    trigger: str,
+    series: MetricSeries | None = None,
+    cluster: str = "",
+    node: str = "",
+    metric: str = "",
+    hyperparameters: dict[str, Any] | None = None,
+    feature_schema: list[str] | None = None,
+    train_from: datetime | None = None,
+    train_to: datetime | None = None,
+    train_points: int = 0,
+    metrics: dict[str, Any] | None = None,
+    parent: ModelVersion | None = None,
+    created_by: str = "",
+) -> ModelVersion:
+    """Record a trained model as the scope's next version (a candidate): its state stored as a
+    canonical-JSON artifact (shared with any version of identical bytes), an audit event.
+    Version numbers increase per scope; two registrations at once get consecutive numbers."""
+    if series is not None:
+        cluster, node, metric = series.cluster, series.node, series.metric
+    key = scope_key(kind=kind, series=series, cluster=cluster, node=node, metric=metric)
+    artifact = artifact_save(data=state_dumps(state))
+    with transaction.atomic():
+        number = (_scope_locked(tenant, key).aggregate(top=Max("version"))["top"] or 0) + 1
+        try:
+            with transaction.atomic():
+                version = ModelVersion.objects.create(
+                    tenant=tenant,
+                    scope_kind=kind,
+                    scope_key=key,
+                    series=series,
+                    cluster=cluster,
+                    node=node,
+                    metric=metric,
+                    version=number,
+                    parent=parent,
+                    detector=detector,
+                    hyperparameters=hyperparameters or {},
+                    feature_schema=feature_schema or [],
+                    train_from=train_from,
+                    train_to=train_to,
+                    train_points=train_points,
+                    artifact=artifact,
+                    metrics=metrics or {},
+                    status=ModelVersion.Status.CANDIDATE,
+                    trigger=trigger,
+                    created_by=created_by,
+                )
+        except IntegrityError:
+            # The scope's first version, registered twice at once: no row existed to lock.
+            message = f"Version {number} of {key} was registered meanwhile."
+            raise Rejected("version_conflict", message, status_code=409) from None
+        ModelVersionEvent.objects.create(version=version, action=ModelVersionEvent.Action.REGISTERED, actor=created_by)
+    return version
+
+
+def model_version_load(*, version: ModelVersion) -> Any:
+    """The version's model state, read from its artifact and verified (ArtifactCorrupt otherwise)."""
+    if version.artifact is None:
+        raise ArtifactCorrupt(f"{version} has no artifact")
+    return json.loads(artifact_read(version.artifact))
+
+
+def model_version_promote(*, version: ModelVersion, actor: str = "", reason: str = "") -> ModelVersion:
+    """Make `version` its scope's active model; the active one before it retires. Both are audit
+    events. Refuses (409) a version still training or failed, and one whose artifact does not
+    verify: the active version keeps serving. Does nothing if it is already active."""
+    with transaction.atomic():
+        versions = _scope_locked(version.tenant, version.scope_key)
+        target = versions.select_related("artifact").get(pk=version.pk)
+        if target.status == ModelVersion.Status.ACTIVE:
+            return target
+        if target.status in (ModelVersion.Status.TRAINING, ModelVersion.Status.FAILED):
+            raise Rejected("not_promotable", f"{target} cannot be promoted.", status_code=409)
+        try:
+            model_version_load(version=target)
+        except ArtifactCorrupt as exc:
+            raise Rejected("artifact_corrupt", f"{target} cannot be promoted: {exc}.", status_code=409) from None
+        now = timezone.now()
+        for current in versions.filter(status=ModelVersion.Status.ACTIVE):
+            current.status = ModelVersion.Status.RETIRED
+            current.save(update_fields=["status"])
+            ModelVersionEvent.objects.create(
+                version=current,
+                action=ModelVersionEvent.Action.RETIRED,
+                actor=actor,
+                reason=f"replaced by v{target.version}",
+            )
+        target.status, target.activated_at = ModelVersion.Status.ACTIVE, now
+        target.save(update_fields=["status", "activated_at"])
+        ModelVersionEvent.objects.create(
+            version=target, action=ModelVersionEvent.Action.PROMOTED, actor=actor, reason=reason
+        )
+    return target
+
+
+def model_version_rollback(*, tenant: Tenant, key: str, actor: str = "", reason: str = "") -> ModelVersion:
+    """Put back the newest earlier version that has served (v3 -> v2, then v2 -> v1: rollbacks
+    walk back through the history, they do not flip between two). The current one retires;
+    both are audit events. Refuses (409) when there is nothing to go back to."""
+    with transaction.atomic():
+        versions = _scope_locked(tenant, key)
+        current = versions.filter(status=ModelVersion.Status.ACTIVE).first()
+        if current is None:
+            raise Rejected("nothing_active", f"No active version of {key} to roll back.", status_code=409)
+        previous = (
+            versions.filter(status=ModelVersion.Status.RETIRED, activated_at__isnull=False)
+            .filter(version__lt=current.version)
+            .order_by("-version")
+            .first()
+        )
+        if previous is None:
+            raise Rejected("nothing_to_roll_back", f"{current} has no earlier active version.", status_code=409)
+        current.status = ModelVersion.Status.RETIRED
+        current.save(update_fields=["status"])
+        ModelVersionEvent.objects.create(
+            version=current, action=ModelVersionEvent.Action.ROLLED_BACK, actor=actor, reason=reason
+        )
+    return model_version_promote(version=previous, actor=actor, reason=f"rollback from v{current.version}")
