@@ -164,3 +164,30 @@ def test_concurrent_promotions_of_one_scope_leave_one_active_version() -> None:
     assert errors == []
     assert ModelVersion.objects.filter(status="active").count() == 1
     assert ModelVersionEvent.objects.filter(action="promoted").count() == 4
+
+
+@pytest.fixture
+def operator(client: Any) -> Any:
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("op", "op@example.com", "pw"))
+    return client
+
+
+def test_the_admin_lists_versions_and_promotes_and_rolls_back_through_the_services(
+    tenant: Tenant, operator: Any
+) -> None:
+    series = MetricSeriesFactory(tenant=tenant)
+    v1, v2 = (register(tenant, series, trained_state(seed)[0]) for seed in range(2))
+    listing = "/admin/mlops/modelversion/"
+    assert operator.get(listing).status_code == 200
+    page = operator.get(f"{listing}{v1.pk}/change/")
+    assert page.status_code == 200 and v1.artifact_id in page.content.decode()
+
+    for version in (v1, v2):
+        operator.post(listing, {"action": "promote", "_selected_action": [version.pk]}, follow=True)
+    assert ModelVersion.objects.get(status="active") == v2
+    operator.post(listing, {"action": "roll_back", "_selected_action": [v2.pk]}, follow=True)
+    assert ModelVersion.objects.get(status="active") == v1
+    assert ModelVersionEvent.objects.filter(action="rolled_back", actor="op").exists()
+    assert operator.get(f"{listing}add/").status_code == 403
