@@ -20,7 +20,7 @@ class ModelVersionEventInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = ["created_at", "action", "actor", "reason"]
-    readonly_fields = fields
+    readonly_fields = ["created_at", "action", "actor", "reason"]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
