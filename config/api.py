@@ -21,7 +21,7 @@ from rest_framework.viewsets import GenericViewSet
 
 from config.errors import Rejected
 from tenants.auth import request_tenant
-from tenants.models import Tenant
+from tenants.models import ApiKey, Tenant
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -104,6 +104,13 @@ class TenantScopedViewSet(GenericViewSet):
     @property
     def tenant(self) -> Tenant:
         return request_tenant(self.request)
+
+    @property
+    def actor(self) -> str:
+        """Who acts, as audit rows record it: the API key's name."""
+        api_key = self.request.auth
+        assert isinstance(api_key, ApiKey)
+        return f"key:{api_key.name}"
 
     def get_queryset(self) -> QuerySet[Model]:
         queryset = super().get_queryset()

@@ -18,9 +18,11 @@ from alerts.api.views import (
 )
 from analytics.api.anomalies import AnomalyViewSet, HealthViewSet
 from analytics.api.views import PointsIngestView, SeriesQueryViewSet, SeriesViewSet
+from mlops.api.views import ModelVersionViewSet
 from tenants.api.views import ApiKeyViewSet
 
 router = SimpleRouter(trailing_slash=False)
+router.register("model-versions", ModelVersionViewSet, basename="model-versions")
 router.register("series", SeriesViewSet, basename="series")
 router.register("keys", ApiKeyViewSet, basename="keys")
 router.register("anomalies", AnomalyViewSet, basename="anomalies")

@@ -133,6 +133,7 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": "alerts.models.Delivery.Status",
         "SeverityEnum": "alerts.models.Severity",
         "NotificationEventEnum": "alerts.models.Notification.Event",
+        "ModelVersionStatusEnum": "mlops.models.ModelVersion.Status",
     },
 }
 

@@ -61,6 +61,11 @@ def test_schema_documents_every_endpoint_with_the_error_shape(anonymous: APIClie
         "/api/v1/deliveries",
         "/api/v1/deliveries/{id}",
         "/api/v1/deliveries/{id}/replay",
+        "/api/v1/model-versions",
+        "/api/v1/model-versions/{id}",
+        "/api/v1/model-versions/{id}/promote",
+        "/api/v1/model-versions/{id}/rollback",
+        "/api/v1/model-versions/{id}/compare",
     ]:
         assert path in paths, path
     ingest = paths["/api/v1/points"]["post"]
