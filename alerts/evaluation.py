@@ -14,8 +14,6 @@ activity and the notification outbox are written together or not at all.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -39,7 +37,9 @@ from alerts.conditions import (
     template_render,
 )
 from alerts.matchers import Matcher, matchers_parse, matches_all
-from alerts.models import SEVERITY_RANK, Alert, AlertRule, AlertRuleVersion, Incident, IncidentActivity
+from alerts.models import Alert, AlertRule, AlertRuleVersion, Incident, IncidentActivity
+from alerts.payload import labels_fingerprint
+from alerts.services import incident_settle
 from analytics.models import AnomalyResult, MetricSeries, Point, Rollup
 from tenants.models import Tenant
 
@@ -314,16 +314,7 @@ def _incidents_update(rule: AlertRule, version: AlertRuleVersion, changes: list[
             value=alert.value,
         )
     for open_incident in Incident.objects.filter(rule=rule).exclude(status=Incident.Status.RESOLVED):
-        firing = list(open_incident.alerts.filter(state=Alert.State.FIRING).values_list("severity", flat=True))
-        if not firing:
-            open_incident.status, open_incident.resolved_at = Incident.Status.RESOLVED, now
-            open_incident.save(update_fields=["status", "resolved_at"])
-            IncidentActivity.objects.create(incident=open_incident, kind=IncidentActivity.Kind.RESOLVED)
-            continue
-        severity = max(firing, key=lambda s: SEVERITY_RANK[s])
-        if severity != open_incident.severity:
-            open_incident.severity = severity
-            open_incident.save(update_fields=["severity"])
+        incident_settle(incident=open_incident, now=now)
 
 
 def _title(rule: AlertRule, alert: Alert) -> str:
@@ -337,8 +328,7 @@ def _title(rule: AlertRule, alert: Alert) -> str:
 def fingerprint_of(labels: dict[str, str]) -> str:
     """Identity of an alert within its rule: its labels, severity aside (a warning that becomes
     critical is the same alert)."""
-    canonical = json.dumps(sorted((k, v) for k, v in labels.items() if k != "severity"), separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return labels_fingerprint({k: v for k, v in labels.items() if k != "severity"})
 
 
 def scope_series(*, tenant: Tenant, selector: tuple[Matcher, ...], near: Q | None = None) -> list[MetricSeries]:

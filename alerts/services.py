@@ -20,6 +20,7 @@ from django.utils import timezone
 from alerts.conditions import ConditionError, condition_parse, template_check
 from alerts.matchers import MatcherError, matchers_parse
 from alerts.models import (
+    SEVERITY_RANK,
     Alert,
     AlertRule,
     AlertRuleVersion,
@@ -316,6 +317,22 @@ def incident_resolve(*, incident: Incident, actor: str) -> Incident:
     return locked
 
 
+def incident_settle(*, incident: Incident, now: datetime, actor: str = "") -> None:
+    """An open incident follows its alerts: resolved (with an activity row) once none of them
+    fires, else raised or lowered to the worst severity among those that do. Runs in the
+    caller's transaction, under its lock on the rule."""
+    firing = list(incident.alerts.filter(state=Alert.State.FIRING).values_list("severity", flat=True))
+    if not firing:
+        incident.status, incident.resolved_at = Incident.Status.RESOLVED, now
+        incident.save(update_fields=["status", "resolved_at"])
+        IncidentActivity.objects.create(incident=incident, kind=IncidentActivity.Kind.RESOLVED, actor=actor)
+        return
+    severity = max(firing, key=lambda s: SEVERITY_RANK[s])
+    if severity != incident.severity:
+        incident.severity = severity
+        incident.save(update_fields=["severity"])
+
+
 def _alerts_resolve(*, alerts: QuerySet[Alert], actor: str) -> list[NotificationGroup]:
     """Resolve `alerts` by hand (pending ones go back to inactive): each firing one with an
     activity row on its incident, the incidents left without a firing alert with them, and
@@ -339,12 +356,8 @@ def _alerts_resolve(*, alerts: QuerySet[Alert], actor: str) -> list[Notification
                 value=alert.value,
                 actor=actor,
             )
-    incidents = {alert.incident for alert in firing if alert.incident is not None}
-    for incident in incidents:
-        if not incident.alerts.filter(state=Alert.State.FIRING).exists():
-            incident.status, incident.resolved_at = Incident.Status.RESOLVED, now
-            incident.save(update_fields=["status", "resolved_at"])
-            IncidentActivity.objects.create(incident=incident, kind=IncidentActivity.Kind.RESOLVED, actor=actor)
+    for incident in {alert.incident for alert in firing if alert.incident is not None}:
+        incident_settle(incident=incident, now=now, actor=actor)
     if not firing:
         return []
     return notifications.alerts_changed(tenant=firing[0].tenant, alerts=firing, now=now)
