@@ -57,7 +57,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -74,12 +73,11 @@ from typing import Any
 
 import psycopg2
 import redis
+from common import HOST, cpu_seconds, database_reset, free_port, run_main
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
-PG_ADMIN_DSN = f"host={HOST} port=5432 user=postgres dbname=postgres"
 INGEST_PATH = "/api/v1/points"
 CLUSTER, METRIC = "bench", "latency"
 CALM, BREACH, CRITICAL = 10.0, 5000.0, 1000.0
@@ -159,16 +157,6 @@ def configure_environment(args: argparse.Namespace, web_port: int) -> dict[str, 
     }
     os.environ.update(env)
     return dict(os.environ)
-
-
-def database_reset(name: str, *, create: bool = True) -> None:
-    conn = psycopg2.connect(PG_ADMIN_DSN)
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if create:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
 
 
 def redis_clear(db: int) -> None:
@@ -303,12 +291,6 @@ def firing_nodes(arrivals: Iterable[Arrival]) -> set[str]:
 # --- the stack -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     # A session of its own: stopping it signals its process group, never this one.
     with open(log, "ab") as out:
@@ -413,15 +395,7 @@ def _proc_ppid(pid: int) -> int | None:
         return None
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def tree_cpu_seconds(root: int) -> float:
+def treecpu_seconds(root: int) -> float:
     """CPU seconds of a process and its descendants alive now."""
     parents = {int(p.name): _proc_ppid(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
     tree, frontier = {root}, [root]
@@ -430,7 +404,7 @@ def tree_cpu_seconds(root: int) -> float:
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
         tree.update(children)
         frontier += children
-    return sum(_cpu_seconds(pid) for pid in tree)
+    return sum(cpu_seconds(pid) for pid in tree)
 
 
 def machine_busy_seconds() -> float:
@@ -810,7 +784,7 @@ def run(
 
     worker_offset = logs["worker"].stat().st_size
     load_before = loadavg()
-    cpu_before = {name: tree_cpu_seconds(p.pid) for name, p in processes.items()}
+    cpu_before = {name: treecpu_seconds(p.pid) for name, p in processes.items()}
     busy_before = machine_busy_seconds()
     locks = LockSampler(args.database)
     locks.start()
@@ -818,7 +792,7 @@ def run(
     complete = receiver.wait_for(lambda arrivals: set(nodes) <= firing_nodes(arrivals), args.timeout)
     locks.stop()
     seconds = time.time() - min(p.sent for p in posts.values())
-    cpu = {name: tree_cpu_seconds(p.pid) - cpu_before[name] for name, p in processes.items()}
+    cpu = {name: treecpu_seconds(p.pid) - cpu_before[name] for name, p in processes.items()}
     busy = machine_busy_seconds() - busy_before
     load_after = loadavg()
     time.sleep(args.settle)  # late duplicates (a sweeper's flush, a redelivery) are counted too
@@ -962,22 +936,5 @@ def main() -> int:
     return report(args, measured)
 
 
-def _interrupted(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # unwinds through the `finally` that stops the stack
-
-
-def _timed_out(signum: int, frame: Any) -> None:
-    raise TimeoutError("the benchmark exceeded --time-limit")
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupted)
-    signal.signal(signal.SIGALRM, _timed_out)
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except TimeoutError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -32,7 +32,6 @@ import math
 import multiprocessing as mp
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -44,10 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+from common import HOST, cpu_seconds, database_reset, free_port, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
-PG_ADMIN_DSN = f"host={HOST} port=5432 user=postgres dbname=postgres"
 COPY_TABLE = "bench_copy_point"
 INGEST_PATH = "/api/v1/points"
 STEP_SECONDS = 10  # a typical scrape interval
@@ -114,15 +112,6 @@ def configure_environment(args: argparse.Namespace) -> dict[str, str]:
     }
     os.environ.update(env)
     return dict(os.environ)
-
-
-def database_reset(name: str) -> None:
-    conn = psycopg2.connect(PG_ADMIN_DSN)
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
 
 
 def django_prepare(args: argparse.Namespace, days: list[date]) -> str:
@@ -221,12 +210,6 @@ class Points:
 # --- the server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def server_start(args: argparse.Namespace, env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     command = [
         # The production configuration (config/gunicorn.py), sized and bound for the bench.
@@ -290,23 +273,15 @@ def _children(pid: int) -> list[int]:
     ]
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def cpu_snapshot(master: int) -> dict[str, float]:
     """CPU seconds used so far by each gunicorn worker, the master, and all PostgreSQL processes."""
-    usage = {f"worker {pid}": _cpu_seconds(pid) for pid in _children(master)}
-    usage["master"] = _cpu_seconds(master)
+    usage = {f"worker {pid}": cpu_seconds(pid) for pid in _children(master)}
+    usage["master"] = cpu_seconds(master)
     usage["postgres"] = 0.0
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
-                usage["postgres"] += _cpu_seconds(int(entry.name))
+                usage["postgres"] += cpu_seconds(int(entry.name))
         except OSError:
             continue
     return usage
@@ -568,22 +543,5 @@ def main() -> int:
     return 0
 
 
-def _interrupted(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # unwinds through the `finally` that stops gunicorn
-
-
-def _timed_out(signum: int, frame: Any) -> None:
-    raise TimeoutError("the benchmark exceeded --time-limit")
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupted)
-    signal.signal(signal.SIGALRM, _timed_out)
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except TimeoutError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(1)
+    run_main(main)
