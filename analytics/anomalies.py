@@ -60,6 +60,9 @@ from analytics.models import (
     Rollup,
 )
 from analytics.rollups import chunked
+from mlops.calendars import calendar_events, calendar_mask
+from mlops.feedback import rules_apply
+from mlops.models import ModelVersion
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -93,7 +96,8 @@ def anomaly_feedback_set(*, anomaly: AnomalyResult, feedback: str, comment: str 
 
     Sets `feedback`, `feedback_comment` and `feedback_at`; writes nothing (and keeps
     `feedback_at`) when both the feedback and the comment are unchanged, so a repeated
-    submission is a no-op. `feedback` must be one of AnomalyResult.Feedback or "" to clear.
+    submission is a no-op. A new pattern of false positives trains the series again
+    (mlops.training.feedback_retrain_publish). `feedback` must be one of AnomalyResult.Feedback or "" to clear.
     """
     if feedback and feedback not in AnomalyResult.Feedback.values:
         raise ValueError(f"unknown feedback {feedback!r}; expected one of {sorted(AnomalyResult.Feedback.values)}")
@@ -104,6 +108,9 @@ def anomaly_feedback_set(*, anomaly: AnomalyResult, feedback: str, comment: str 
         anomaly.feedback_comment = comment
         anomaly.feedback_at = dj_timezone.now() if feedback else None
         anomaly.save(update_fields=["feedback", "feedback_comment", "feedback_at", "updated_at"])
+    from mlops.training import feedback_retrain_publish  # mlops builds on analytics: imported late
+
+    feedback_retrain_publish(anomaly)
     return anomaly
 
 
@@ -178,6 +185,9 @@ def _series_detect_one(series_id: int) -> tuple[int, bool]:
         reset = row.detector != name or row.sensitivity != sensitivity
         if reset:
             _state_reset(row, series, detector, name, sensitivity)
+        elif row.model_version_id is None:
+            _series_version_attach(row, series, detector)
+            reset = True  # saved below
 
         limit = settings.VIGIL_DETECT_MAX_POINTS
         points = Point.objects.filter(series_id=series.pk)
@@ -188,11 +198,14 @@ def _series_detect_one(series_id: int) -> tuple[int, bool]:
         rows = rows[:limit]
         if not rows:
             if reset:
-                row.save(update_fields=["state", "detector", "sensitivity", "updated_at"])
+                row.save(update_fields=[*SERVING_FIELDS, "updated_at"])
             return 0, False
         ts = np.array([moment.timestamp() for moment, _ in rows])
         values = np.array([value for _, value in rows], dtype=np.float64)
-        scores, state = detector.update(row.state, ts, values)
+        # A calendar event that suppresses detection: its points are neither scored nor learned.
+        held = calendar_mask(ts, _series_events(series, rows[0][0], rows[-1][0]))
+        scores, state = detector.update(row.state, ts[~held], values[~held])
+        scores = rules_apply(row.rules, scores, detector.threshold)[0]
         if not _json_safe(state):
             # PostgreSQL refuses NaN and infinities in JSON; a detector that produced one (an
             # absurd value overflowing somewhere) starts afresh rather than failing this series
@@ -201,18 +214,34 @@ def _series_detect_one(series_id: int) -> tuple[int, bool]:
             state = detector.initial_state()
         row.state = state
         row.last_ts = rows[-1][0]
-        row.save(update_fields=["state", "last_ts", "detector", "sensitivity", "updated_at"])
+        row.save(update_fields=[*SERVING_FIELDS, "last_ts", "updated_at"])
 
         gap = _gap_seconds(state, scores)
         _scores_write(series.pk, scores)
         _series_windows_merge(
             series=series,
             detector=name,
+            version_id=row.model_version_id,
             scores=scores,
             gap=gap,
             horizon=row.last_ts.timestamp() - gap,
         )
         return len(scores), more
+
+
+def _series_events(
+    series: MetricSeries, start: datetime, end: datetime, *, suppressing: bool = True
+) -> list[tuple[float, float]]:
+    """The calendar events over the series (or its node) in [start, end]: those that hold
+    detection back, or (`suppressing=False`) all, as training leaves them all out."""
+    return calendar_events(
+        tenant_id=series.tenant_id,
+        cluster=series.cluster,
+        node=series.node,
+        start=start,
+        end=end,
+        suppressing=suppressing,
+    )
 
 
 def _json_safe(state: State) -> bool:
@@ -267,7 +296,8 @@ def _state_reset(row: DetectorState, series: MetricSeries, detector: Detector, n
     AnomalyResult.objects.filter(series_id=series.pk, status=AnomalyResult.Status.OPEN).exclude(detector=name).update(
         status=AnomalyResult.Status.CLOSED, updated_at=dj_timezone.now()
     )
-    row.detector, row.sensitivity, row.state = name, sensitivity, state
+    row.detector, row.sensitivity, row.state, row.rules = name, sensitivity, state, []
+    row.model_version = _serve_online(series.tenant, "series", name, state, sensitivity, series=series)
 
 
 def _gap_seconds(state: State, scores: Scores) -> float:
@@ -311,7 +341,7 @@ def _scores_write(series_id: int, scores: Scores) -> None:
 
 
 def _series_windows_merge(
-    *, series: MetricSeries, detector: str, scores: Scores, gap: float, horizon: float
+    *, series: MetricSeries, detector: str, version_id: int | None, scores: Scores, gap: float, horizon: float
 ) -> list[AnomalyResult]:
     """Merge the anomalous windows of `scores` into the series' AnomalyResult rows of
     `detector`, then set the status of the rows: open while their end is at or after
@@ -325,7 +355,7 @@ def _series_windows_merge(
             _Found(window=window, period=period),
             gap=gap,
             horizon=horizon,
-            new=lambda: _series_row(series, detector),
+            new=lambda: _series_row(series, detector, version_id),
         )
         row.explanation, row.details = explain(
             found.window, metric=series.metric, unit=series.unit, period=found.period, node=series.node
@@ -474,7 +504,7 @@ def _row_found(row: AnomalyResult) -> _Found:
     )
 
 
-def _series_row(series: MetricSeries, detector: str) -> AnomalyResult:
+def _series_row(series: MetricSeries, detector: str, version_id: int | None) -> AnomalyResult:
     return AnomalyResult(
         tenant_id=series.tenant_id,
         series=series,
@@ -482,6 +512,7 @@ def _series_row(series: MetricSeries, detector: str) -> AnomalyResult:
         node=series.node,
         metric=series.metric,
         detector=detector,
+        model_version_id=version_id,
     )
 
 
@@ -702,6 +733,11 @@ def _series_rescore_one(series_id: int, start: datetime, end: datetime) -> int:
             .order_by("ts")
             .values_list("ts", "value")[:limit]
         )
+        held = calendar_mask(
+            np.array([moment.timestamp() for moment, _ in window]),
+            _series_events(series, window[0][0], window[-1][0]) if window else [],
+        )
+        window = [point for point, skip in zip(window, held.tolist(), strict=True) if not skip]
         if not window:
             return 0
         context = list(
@@ -715,10 +751,16 @@ def _series_rescore_one(series_id: int, start: datetime, end: datetime) -> int:
         interval = float(row.state.get("interval") or DEFAULT_INTERVAL)
         wound_back = {**copy.deepcopy(row.state), "last_ts": float(ts[0]) - interval}
         scores = _subset(detector.update(wound_back, ts, values)[0], len(context))
+        scores = rules_apply(row.rules, scores, detector.threshold)[0]
         gap = _gap_seconds(row.state, scores)
         _scores_write(series_id, scores)
         _series_windows_merge(
-            series=series, detector=row.detector, scores=scores, gap=gap, horizon=row.last_ts.timestamp() - gap
+            series=series,
+            detector=row.detector,
+            version_id=row.model_version_id,
+            scores=scores,
+            gap=gap,
+            horizon=row.last_ts.timestamp() - gap,
         )
         return len(scores)
 
@@ -810,16 +852,23 @@ def _node_detect_one(tenant: Tenant, cluster: str, node: str, now: datetime) -> 
         series = list(MetricSeries.objects.filter(tenant=tenant, cluster=cluster, node=node).order_by("pk"))
         if len(series) < 2:
             return 0
-        columns = _node_columns(series)
+        columns = node_columns(series)
         row = _node_state_lock(tenant, cluster, node, detector, name)
         if row.sensitivity != sensitivity:
             _node_state_reset(row, series, columns, detector, sensitivity)
+        elif row.model_version_id is None:
+            _node_version_attach(row, series, detector)
 
         cutoff = now - timedelta(seconds=settings.VIGIL_NODE_DETECT_DELAY_SECONDS)
         start = row.last_ts or now - timedelta(seconds=settings.VIGIL_NODE_DETECT_HISTORY_SECONDS)
-        ts, matrix = _node_matrix(series, columns, after=start, until=cutoff, limit=settings.VIGIL_NODE_DETECT_MAX_ROWS)
+        ts, matrix = node_matrix(series, columns, after=start, until=cutoff, limit=settings.VIGIL_NODE_DETECT_MAX_ROWS)
         if not len(ts):
+            row.save(update_fields=[*NODE_SERVING_FIELDS, "updated_at"])
             return 0
+        # A calendar event that suppresses detection: its minutes are neither scored nor learned.
+        held = calendar_mask(ts, _series_events(series[0], _utc(float(ts[0])), _utc(float(ts[-1]))))
+        last = float(ts[-1])
+        ts, matrix = ts[~held], matrix[~held]
         names = [columns[s.pk] for s in series]
         units = {columns[s.pk]: s.unit for s in series}
         # The node detector scores every row of a call against the model of the call's start,
@@ -835,14 +884,16 @@ def _node_detect_one(tenant: Tenant, cluster: str, node: str, now: datetime) -> 
             scored += len(scores)
             gap = float(settings.VIGIL_ANOMALY_GAP_SAMPLES) * float(state.get("interval") or MINUTE)
             if len(scores):
-                _node_windows_merge(tenant, cluster, node, name, scores, units, gap=gap, horizon=float(ts[-1]) - gap)
+                _node_windows_merge(
+                    tenant, cluster, node, name, row.model_version_id, scores, units, gap=gap, horizon=last - gap
+                )
         row.state = state
-        row.last_ts = _utc(float(ts[-1]))
-        row.save(update_fields=["state", "last_ts", "sensitivity", "updated_at"])
+        row.last_ts = _utc(last)
+        row.save(update_fields=[*NODE_SERVING_FIELDS, "last_ts", "updated_at"])
         return scored
 
 
-def _node_columns(series: list[MetricSeries]) -> dict[int, str]:
+def node_columns(series: list[MetricSeries]) -> dict[int, str]:
     """Column name per series: its metric, or metric{labels} when the metric name repeats."""
     counts: dict[str, int] = {}
     for s in series:
@@ -882,15 +933,18 @@ def _node_state_reset(
     state = detector.initial_state()
     if row.last_ts is not None:
         after = row.last_ts - timedelta(seconds=settings.VIGIL_NODE_DETECT_HISTORY_SECONDS)
-        ts, matrix = _node_matrix(
+        ts, matrix = node_matrix(
             series, columns, after=after, until=row.last_ts, limit=settings.VIGIL_NODE_DETECT_MAX_ROWS
         )
         if len(ts):
             state = detector.update(state, ts, matrix, [columns[s.pk] for s in series])[1]
     row.sensitivity, row.state = sensitivity, state
+    row.model_version = _serve_online(
+        row.tenant, "node", row.detector, state, sensitivity, cluster=row.cluster, node=row.node
+    )
 
 
-def _node_matrix(
+def node_matrix(
     series: list[MetricSeries], columns: dict[int, str], *, after: datetime, until: datetime, limit: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(minute starts in unix seconds, matrix of means: one row per minute, one column per
@@ -920,6 +974,7 @@ def _node_windows_merge(
     cluster: str,
     node: str,
     detector: str,
+    version_id: int | None,
     scores: NodeScores,
     units: dict[str, str],
     *,
@@ -972,7 +1027,13 @@ def _node_windows_merge(
             gap=gap,
             horizon=horizon,
             new=lambda: AnomalyResult(
-                tenant=tenant, series=None, cluster=cluster, node=node, metric="", detector=detector
+                tenant=tenant,
+                series=None,
+                cluster=cluster,
+                node=node,
+                metric="",
+                detector=detector,
+                model_version_id=version_id,
             ),
         )
         w = joined.window
@@ -993,6 +1054,158 @@ def _node_windows_merge(
         if before is None or _facts(row) != before:
             row.save()
     _close_before(existing, horizon)
+
+
+# --- Serving the registry's versions (mlops) -------------------------------------------------
+#
+# Each scope detection scores (a series, a node) has one row it serves from: DetectorState or
+# NodeDetectorState. The row names the registry's version it grew from (`model_version`, the
+# lineage every anomaly records) and, for a series, the suppression rules that version learned
+# from feedback. A scope starts with an `online` version (the detector learning from scratch);
+# promoting or rolling back installs another version's model into the row.
+
+SERVING_FIELDS = ("state", "detector", "sensitivity", "model_version", "rules")
+NODE_SERVING_FIELDS = ("state", "sensitivity", "model_version")
+
+
+def serving_lock(version: ModelVersion) -> DetectorState | NodeDetectorState | None:
+    """The row that serves `version`'s scope, locked for this transaction; None when detection has
+    not started on the scope (it then starts from the scope's active version) or the scope kind
+    is not served by detection (`metric`)."""
+    if version.scope_kind == ModelVersion.ScopeKind.SERIES:
+        return DetectorState.objects.select_for_update().filter(series_id=version.series_id).first()
+    if version.scope_kind == ModelVersion.ScopeKind.NODE:
+        return (
+            NodeDetectorState.objects.select_for_update()
+            .filter(tenant_id=version.tenant_id, cluster=version.cluster, node=version.node, detector=version.detector)
+            .first()
+        )
+    return None
+
+
+def serving_install(row: DetectorState | NodeDetectorState, version: ModelVersion, model: dict[str, Any]) -> None:
+    """Serve `version` (its verified `model`) from `row`, locked by the caller.
+
+    The model's state learns, silently, the points between the end of its training and where
+    detection is (at most VIGIL_DETECT_WARMUP_POINTS, the newest; calendar events left out, as
+    training leaves them out), so streaming resumes where it was and nothing is reported twice.
+    The scope's open anomalies of other versions close: nothing will extend them.
+    """
+    sensitivity = str(version.hyperparameters.get("sensitivity") or row.sensitivity)
+    anomalies = AnomalyResult.objects.filter(status=AnomalyResult.Status.OPEN)
+    if isinstance(row, DetectorState):
+        detector = detector_create(version.detector, sensitivity=sensitivity)
+        series = MetricSeries.objects.get(pk=row.series_id)
+        row.state = _series_caught_up(detector, model["state"], series, until=row.last_ts)
+        row.detector, row.rules = version.detector, model["rules"]
+        anomalies = anomalies.filter(series_id=row.series_id)
+    else:
+        node_detector = node_detector_create(version.detector, sensitivity=sensitivity)
+        members = list(
+            MetricSeries.objects.filter(tenant_id=row.tenant_id, cluster=row.cluster, node=row.node).order_by("pk")
+        )
+        row.state = _node_caught_up(node_detector, model["state"], members, until=row.last_ts)
+        anomalies = anomalies.filter(tenant_id=row.tenant_id, cluster=row.cluster, node=row.node, series__isnull=True)
+    learned = row.state.get("last_ts")
+    if learned is not None and (row.last_ts is None or learned > row.last_ts.timestamp()):
+        row.last_ts = _utc(float(learned))  # trained on points streaming has not reached: not scored twice
+    row.sensitivity, row.model_version = sensitivity, version
+    row.save()
+    anomalies.exclude(model_version=version).update(status=AnomalyResult.Status.CLOSED, updated_at=dj_timezone.now())
+
+
+def _series_caught_up(detector: Detector, state: State, series: MetricSeries, *, until: datetime | None) -> State:
+    if until is None:
+        return state
+    points = Point.objects.filter(series_id=series.pk, ts__lte=until)
+    if state.get("last_ts") is not None:
+        points = points.filter(ts__gt=_utc(float(state["last_ts"])))
+    history = list(points.order_by("-ts").values_list("ts", "value")[: settings.VIGIL_DETECT_WARMUP_POINTS])[::-1]
+    if not history:
+        return state
+    ts = np.array([moment.timestamp() for moment, _ in history])
+    values = np.array([value for _, value in history], dtype=np.float64)
+    known = _series_events(series, history[0][0], until, suppressing=False)
+    keep = ~calendar_mask(ts, known)
+    return detector.update(state, ts[keep], values[keep])[1]
+
+
+def _node_caught_up(
+    detector: NodeDetector, state: State, series: list[MetricSeries], *, until: datetime | None
+) -> State:
+    if until is None or len(series) < 2:
+        return state
+    if state.get("last_ts") is not None:
+        after = _utc(float(state["last_ts"]))
+    else:
+        after = until - timedelta(seconds=settings.VIGIL_NODE_DETECT_HISTORY_SECONDS)
+    columns = node_columns(series)
+    ts, matrix = node_matrix(series, columns, after=after, until=until, limit=settings.VIGIL_NODE_DETECT_MAX_ROWS)
+    if not len(ts):
+        return state
+    keep = ~calendar_mask(ts, _series_events(series[0], _utc(float(ts[0])), until, suppressing=False))
+    return detector.update(state, ts[keep], matrix[keep], [columns[s.pk] for s in series])[1]
+
+
+def _series_version_attach(row: DetectorState, series: MetricSeries, detector: Detector) -> None:
+    """A series' first detection (or its first since the registry): serve the scope's active
+    version if it matches the configuration (trained before detection reached the series), else
+    register the online model the row holds."""
+    active = _active_version(series.tenant_id, f"series:{series.pk}", row.detector, row.sensitivity)
+    model = _model_or_none(active) if active is not None else None
+    if active is not None and model is not None:
+        row.state = _series_caught_up(detector, model["state"], series, until=row.last_ts)
+        row.rules, row.model_version = model["rules"], active
+        return
+    row.model_version = _serve_online(series.tenant, "series", row.detector, row.state, row.sensitivity, series=series)
+
+
+def _node_version_attach(row: NodeDetectorState, series: list[MetricSeries], detector: NodeDetector) -> None:
+    """As `_series_version_attach`, for a node."""
+    active = _active_version(row.tenant_id, f"node:{row.cluster}/{row.node}", row.detector, row.sensitivity)
+    model = _model_or_none(active) if active is not None else None
+    if active is not None and model is not None:
+        row.state = _node_caught_up(detector, model["state"], series, until=row.last_ts)
+        row.model_version = active
+        return
+    row.model_version = _serve_online(
+        row.tenant, "node", row.detector, row.state, row.sensitivity, cluster=row.cluster, node=row.node
+    )
+
+
+def _active_version(tenant_id: int, key: str, detector: str, sensitivity: str) -> ModelVersion | None:
+    return (
+        ModelVersion.objects.filter(
+            tenant_id=tenant_id,
+            scope_key=key,
+            status=ModelVersion.Status.ACTIVE,
+            detector=detector,
+            hyperparameters__sensitivity=sensitivity,
+        )
+        .select_related("artifact")
+        .first()
+    )
+
+
+def _model_or_none(version: ModelVersion) -> dict[str, Any] | None:
+    from mlops.artifacts import ArtifactCorrupt
+    from mlops.services import model_version_load  # mlops builds on analytics: imported late
+
+    try:
+        return model_version_load(version=version)
+    except ArtifactCorrupt:
+        logger.exception("active %s does not verify; detection learns online instead", version)
+        return None
+
+
+def _serve_online(
+    tenant: Tenant, kind: str, detector: str, state: State, sensitivity: str, **scope: Any
+) -> ModelVersion:
+    from mlops.services import model_version_serve_online  # mlops builds on analytics: imported late
+
+    return model_version_serve_online(
+        tenant=tenant, kind=kind, detector=detector, state=state, sensitivity=sensitivity, **scope
+    )
 
 
 # --- Helpers ---------------------------------------------------------------------------------

@@ -210,6 +210,12 @@ class DetectorState(models.Model):
     sensitivity = models.CharField(max_length=8, choices=SENSITIVITY_CHOICES)
     state = models.JSONField()
     last_ts = models.DateTimeField(null=True, blank=True)
+    # The registry's version this state grew from (mlops), and its suppression rules learned
+    # from feedback: the serving side of the scope's active version.
+    model_version = models.ForeignKey(
+        "mlops.ModelVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    rules = models.JSONField(default=list)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -229,6 +235,9 @@ class NodeDetectorState(models.Model):
     sensitivity = models.CharField(max_length=8, choices=SENSITIVITY_CHOICES)
     state = models.JSONField()
     last_ts = models.DateTimeField(null=True, blank=True)
+    model_version = models.ForeignKey(
+        "mlops.ModelVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -275,6 +284,10 @@ class AnomalyResult(models.Model):
     node = models.CharField(max_length=200)
     metric = models.CharField(max_length=200, blank=True)
     detector = models.CharField(max_length=64)
+    # Lineage: the registry's version that scored it (mlops.ModelVersion).
+    model_version = models.ForeignKey(
+        "mlops.ModelVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="anomalies"
+    )
     window_start = models.DateTimeField()
     window_end = models.DateTimeField()
     peak_ts = models.DateTimeField()

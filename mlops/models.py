@@ -5,8 +5,8 @@ node's metric vector. `ModelVersion.scope_key` spells it canonically (`series:<i
 `metric:<cluster>/<metric>`, `node:<cluster>/<node>`) so the "one active version per scope"
 rule is one database constraint.
 
-Artifacts are bytes addressed by their sha256 (mlops.artifacts): the detector's own JSON state,
-never a pickle; reading one verifies the hash.
+Artifacts are bytes addressed by their sha256 (mlops.artifacts): the detector's own JSON state and
+the suppression rules learned from feedback, never a pickle; reading one verifies the hash.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class ModelVersion(models.Model):
         FAILED = "failed"
 
     class Trigger(models.TextChoices):
+        # The scope's model as streaming learns it from its first point (or from a change of
+        # detector or sensitivity): the version every scope starts with, before any training.
+        ONLINE = "online"
         SCHEDULE = "schedule"
         MANUAL = "manual"
         DRIFT = "drift"
@@ -78,12 +81,20 @@ class ModelVersion(models.Model):
     error = models.TextField(blank=True)
     trigger = models.CharField(max_length=16, choices=Trigger.choices)
     created_by = models.CharField(max_length=200, blank=True)
+    # What the version was trained from (scope, detector, hyperparameters, window, feedback and
+    # calendar), hashed: training the same inputs again finds this version (mlops.training).
+    training_key = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["scope_key", "-version"]
         constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "training_key"],
+                condition=~models.Q(training_key="") & ~models.Q(status="failed"),
+                name="model_version_one_per_training",
+            ),
             models.UniqueConstraint(fields=["tenant", "scope_key", "version"], name="model_version_unique_number"),
             # The registry's promise: a scope is served by one model at a time.
             models.UniqueConstraint(
@@ -108,6 +119,7 @@ class ModelVersionEvent(models.Model):
         RETIRED = "retired"
         ROLLED_BACK = "rolled_back"
         FAILED = "failed"
+        GATED = "gated"  # the promotion gate kept it a candidate (mlops.training)
 
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="events")
     action = models.CharField(max_length=16, choices=Action.choices)
@@ -120,3 +132,83 @@ class ModelVersionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.version}"
+
+
+class DriftReport(models.Model):
+    """One drift check of one active model: the recent window against the training reference.
+
+    `statistics` holds, per feature, the population stability index, the two-sample
+    Kolmogorov-Smirnov statistic and p-value and the Wasserstein distance (mlops.drift_stats),
+    and the concept signals: the anomaly rate against the rate in training, and the trend of
+    feedback precision. One report per model and window end, so a repeated run changes nothing.
+    """
+
+    class Verdict(models.TextChoices):
+        OK = "ok"
+        DRIFT = "drift"
+        INSUFFICIENT = "insufficient_data"
+
+    class Action(models.TextChoices):
+        NONE = "none"
+        RETRAIN = "retrain"  # a candidate was trained (and gated, or promoted, by the tenant's policy)
+        NOTIFY = "notify"  # the tenant's policy is to be told only (a `drift` alert rule)
+        COOLDOWN = "cooldown"  # the scope was retrained for drift recently; not again yet
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="drift_reports")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="drift_reports")
+    scope_key = models.CharField(max_length=500)
+    window_from = models.DateTimeField()
+    window_to = models.DateTimeField()
+    points = models.PositiveIntegerField()
+    statistics = models.JSONField(default=dict)
+    verdict = models.CharField(max_length=20, choices=Verdict.choices)
+    drifted = models.JSONField(default=list)  # the signals that drifted, e.g. ["residual", "anomaly_rate"]
+    action = models.CharField(max_length=16, choices=Action.choices, default=Action.NONE)
+    retrained = models.ForeignKey(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="drift_retrains"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-window_to", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "window_to"], name="drift_report_one_per_window"),
+        ]
+        indexes = [models.Index(fields=["tenant", "-window_to"], name="drift_report_tenant_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.verdict} for {self.scope_key} at {self.window_to:%Y-%m-%d %H:%M}"
+
+
+class CalendarEvent(models.Model):
+    """A known event on a tenant's calendar (maintenance, a holiday, an incident), like Elastic's
+    scheduled events: its points are left out of training, and while `suppress` it also holds
+    back detection (no scores, no anomalies, nothing learned). Scoped to a cluster and node, or
+    the whole tenant when they are blank."""
+
+    class Kind(models.TextChoices):
+        MAINTENANCE = "maintenance"
+        HOLIDAY = "holiday"
+        INCIDENT = "incident"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="calendar_events")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    description = models.CharField(max_length=500, blank=True)
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    cluster = models.CharField(max_length=200, blank=True)  # "" is every cluster
+    node = models.CharField(max_length=200, blank=True)  # "" is every node (of the cluster)
+    suppress = models.BooleanField(default=True)
+    created_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-start", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(end__gt=models.F("start")), name="calendar_event_ends_after"),
+        ]
+        indexes = [models.Index(fields=["tenant", "end"], name="calendar_event_tenant_end_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.start:%Y-%m-%d %H:%M}-{self.end:%Y-%m-%d %H:%M}"

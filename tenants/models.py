@@ -24,6 +24,14 @@ class Tenant(models.Model):
     detection_sensitivity = models.CharField(
         max_length=8, choices=[("low", "low"), ("medium", "medium"), ("high", "high")], default="medium"
     )
+
+    # What a drift verdict on one of the tenant's models does (mlops.drift).
+    class DriftPolicy(models.TextChoices):
+        RETRAIN_GATE = "retrain_gate"  # train a candidate; the promotion gate decides
+        RETRAIN_PROMOTE = "retrain_promote"  # train a candidate and promote it
+        NOTIFY = "notify"  # report only (and fire `drift` alert rules)
+
+    drift_policy = models.CharField(max_length=16, choices=DriftPolicy.choices, default=DriftPolicy.RETRAIN_GATE)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

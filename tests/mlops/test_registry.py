@@ -53,7 +53,7 @@ def test_a_registered_model_reloads_to_identical_scores(tenant: Tenant) -> None:
 
     detector = detector_create("ensemble", sensitivity="medium")
     original, _ = detector.update(state, ts, values)
-    reloaded, _ = detector.update(model_version_load(version=version), ts, values)
+    reloaded, _ = detector.update(model_version_load(version=version)["state"], ts, values)
     np.testing.assert_array_equal(original.score, reloaded.score)
     np.testing.assert_array_equal(original.expected, reloaded.expected)
     assert version.artifact is not None
