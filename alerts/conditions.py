@@ -10,6 +10,7 @@ Condition JSON by rule kind (thresholds: at least one of `warning` / `critical`)
     no_data    {"seconds": 600, "severity": "critical"}
     change     {"aggregate": "count", "window_seconds": 3600, "offset_seconds": 604800, "by": "series",
                 "operator": "<", "warning": -30, "critical": -60}
+    drift      {"window_seconds": 7200, "signals": ["residual", "anomaly_rate"], "severity": "warning"}
 
 - threshold: the aggregate of the raw points in the trailing window, per series (or per node or
   cluster, `by`), compared with the thresholds. `resolve` adds hysteresis: a firing alert stays
@@ -22,6 +23,17 @@ Condition JSON by rule kind (thresholds: at least one of `warning` / `critical`)
 - change: the percent change of the aggregate over the trailing window against the same window
   `offset_seconds` earlier (86400: a day ago; 604800: a week ago), from 1-minute rollups, so only
   aggregates that combine exactly across minutes are offered.
+- drift: per model scope (a series' or a node's model), the newest drift report (mlops.DriftReport)
+  whose window ends within the trailing `window_seconds` (default 2 h: reports are hourly). The
+  value is the number of its drifted signals counted: all of them, or only those in `signals`
+  (a series' `value` and `residual`, a node's metric names, `anomaly_rate`,
+  `feedback_precision`; empty or omitted: any). A `drift` verdict counting at least one signal
+  breaches at `severity` (default warning: a drifting model detects worse, nothing is down); an
+  `ok` verdict, or a drift of other signals only, is 0 and clears. `insufficient_data` is no
+  data, and so is a checked model's scope with no report in the window (a late or failed run):
+  like a threshold rule's empty window, the alert keeps its state (AlertRule.no_data_state).
+  Alerts are per model version (label `model_version`): a retrained model's report starts its
+  own alert and the previous version's clears.
 """
 
 from __future__ import annotations
@@ -64,6 +76,12 @@ ANOMALY_LABELS = (
 # (one alert per node, labelled cluster and node).
 ANOMALY_LEVELS = ("series", "node")
 MAX_WINDOW_SECONDS = 86_400
+# Drift reports are written hourly (VIGIL_DRIFT_EVERY_SECONDS): a report counts for two periods, so
+# a run that finishes late does not leave a gap.
+DRIFT_WINDOW_SECONDS = 7200
+# Signal names are features (a metric name, at most 200 characters) or the concept signals.
+MAX_SIGNALS = 100
+MAX_SIGNAL_LENGTH = 200
 MAX_OFFSET_SECONDS = 28 * 86_400
 
 
@@ -104,7 +122,8 @@ class Condition:
     thresholds: Thresholds | None = None
     labels: frozenset[str] = frozenset()
     offset_seconds: int = 0
-    severity: str = "critical"  # no_data
+    severity: str = "critical"  # no_data, drift
+    signals: frozenset[str] = frozenset()  # drift: the signals that count (empty: any)
 
 
 def condition_parse(kind: str, raw: Any) -> Condition:
@@ -117,6 +136,7 @@ def condition_parse(kind: str, raw: Any) -> Condition:
         "anomaly": {"window_seconds", "labels", "warning", "critical", "level"},
         "no_data": {"seconds", "severity"},
         "change": {"aggregate", "window_seconds", "offset_seconds", "by", "operator", "warning", "critical"},
+        "drift": {"window_seconds", "signals", "severity"},
     }
     if kind not in allowed:
         raise ConditionError([_error("kind", f"kind must be one of {sorted(allowed)}.")])
@@ -139,6 +159,23 @@ def condition_parse(kind: str, raw: Any) -> Condition:
     if kind == "no_data":
         condition = Condition(
             kind, window_seconds=seconds("seconds", 60, 7 * 86_400), severity=choice("severity", SEVERITIES, "critical")
+        )
+    elif kind == "drift":
+        signals = raw.get("signals", [])
+        if (
+            not isinstance(signals, list)
+            or len(signals) > MAX_SIGNALS
+            or not all(isinstance(s, str) and 0 < len(s) <= MAX_SIGNAL_LENGTH for s in signals)
+        ):
+            message = f"signals must be a list of at most {MAX_SIGNALS} signal names (a feature such as value, "
+            message += "residual or a metric, or anomaly_rate, feedback_precision)."
+            errors.append(_error("condition.signals", message))
+            signals = []
+        condition = Condition(
+            kind,
+            window_seconds=seconds("window_seconds", 60, MAX_WINDOW_SECONDS, DRIFT_WINDOW_SECONDS),
+            severity=choice("severity", SEVERITIES, "warning"),
+            signals=frozenset(signals),
         )
     elif kind == "anomaly":
         labels = raw.get("labels", [])
@@ -172,6 +209,17 @@ def condition_parse(kind: str, raw: Any) -> Condition:
     if errors:
         raise ConditionError(errors)
     return condition
+
+
+def condition_judge(condition: Condition, value: float, firing: str | None = None) -> str | None:
+    """The severity `value` breaches under the condition, or None. `firing` is the severity of an
+    alert firing now (for a threshold rule's resolve hysteresis)."""
+    if condition.kind == "no_data":  # seconds since the newest point
+        return condition.severity if value >= condition.window_seconds else None
+    if condition.kind == "drift":  # drifted signals counted
+        return condition.severity if value >= 1 else None
+    assert condition.thresholds is not None
+    return condition.thresholds.judge(value, firing)
 
 
 def _thresholds(

@@ -5,7 +5,8 @@ When it runs:
 - beat, every VIGIL_ALERTS_EVALUATE_SECONDS, every enabled rule of every tenant (one message a tenant);
 - right after the data a kind reads is fresh, for the series it touched, so a critical breach
   does not wait for the next tick: threshold and no-data rules after an ingest batch is
-  processed (raw points), change rules after its rollups, anomaly rules after detection.
+  processed (raw points), change rules after its rollups, anomaly rules after detection,
+  drift rules after a drift check wrote a tenant's reports (tenant_rules_evaluate_publish).
 
 A rule is evaluated in one transaction under a row lock on the rule: two evaluations of the same
 rule (beat and ingest at once, two workers) take turns, and alert state, incidents, their
@@ -23,7 +24,7 @@ from datetime import datetime, timedelta
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from alerts import notifications
@@ -32,6 +33,7 @@ from alerts.conditions import (
     Condition,
     aggregate_by,
     alert_step,
+    condition_judge,
     condition_parse,
     percent_change,
     template_render,
@@ -41,6 +43,7 @@ from alerts.models import Alert, AlertRule, AlertRuleVersion, Incident, Incident
 from alerts.payload import labels_fingerprint
 from alerts.services import incident_settle
 from analytics.models import AnomalyResult, MetricSeries, Point, Rollup
+from mlops.models import DriftReport, ModelVersion
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ logger = logging.getLogger(__name__)
 KINDS_AFTER_INGEST = ("threshold", "no_data")
 KINDS_AFTER_ROLLUP = ("change",)
 KINDS_AFTER_DETECTION = ("anomaly",)
+KINDS_AFTER_DRIFT = ("drift",)
 # Fields of the series address a selector may match besides the series' own labels.
 ADDRESS = ("cluster", "node", "metric")
 
@@ -110,6 +114,24 @@ def series_rules_evaluate_publish(*, series_ids: Iterable[int], kinds: tuple[str
         except Exception:  # the broker is down; beat evaluates every rule anyway
             logger.warning("could not publish rule evaluation for tenant %s", tenant_id, exc_info=True)
     return sent
+
+
+def tenant_rules_evaluate_publish(*, tenant_id: int, kinds: Iterable[str]) -> bool:
+    """After a pipeline stage that is not per series (drift checks): publish the evaluation of
+    the tenant's rules of `kinds`, if it has an enabled one. Returns whether a message was sent.
+    The message expires after beat's period (beat will have evaluated every rule by then), so a
+    backlog of them is not worked through. Never raises: beat's evaluation catches up."""
+    from alerts.tasks import tenant_rules_evaluate
+
+    kinds = sorted(set(kinds))
+    if not AlertRule.objects.filter(tenant_id=tenant_id, enabled=True, kind__in=kinds).exists():
+        return False
+    try:
+        tenant_rules_evaluate.apply_async((tenant_id, kinds), expires=settings.VIGIL_ALERTS_EVALUATE_SECONDS)
+    except Exception:  # the broker is down; beat evaluates every rule anyway
+        logger.warning("could not publish rule evaluation for tenant %s", tenant_id, exc_info=True)
+        return False
+    return True
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -206,11 +228,7 @@ def _alert_evaluate(
     else:
         health, value = Alert.Health.OK, seen.value
         firing = previous.severity if previous.state == "firing" else None
-        if condition.kind == "no_data":
-            breached = condition.severity if value >= condition.window_seconds else None
-        else:
-            assert condition.thresholds is not None
-            breached = condition.thresholds.judge(value, firing)
+        breached = condition_judge(condition, value, firing)
     state = alert_step(
         previous, breached, now, for_seconds=rule.for_seconds, keep_firing_for_seconds=rule.keep_firing_for_seconds
     )
@@ -265,7 +283,7 @@ def _events(previous: AlertState, state: AlertState) -> list[str]:
 
 
 def _top_severity(condition: Condition) -> str:
-    if condition.kind == "no_data":
+    if condition.kind in ("no_data", "drift"):
         return condition.severity
     assert condition.thresholds is not None
     return "critical" if condition.thresholds.critical is not None else "warning"
@@ -375,6 +393,11 @@ def observe(
     for beat's next tick. A `replay` (the preview) reads up to `now` only: it is `now` in the
     past, and later points did not exist yet."""
     selector = matchers_parse(rule.selector, "selector")
+    if condition.kind == "drift":  # keyed by model scope, not by series
+        models = _observe_drift(rule, condition, selector, now, replay)
+        if series_ids is None:
+            return models
+        return {fp: seen for fp, seen in models.items() if series_ids.intersection(seen.series_ids)}
     by = "series" if condition.kind == "no_data" else condition.by
     if condition.kind == "anomaly" and by == "node":
         by = "host"  # a node-level anomaly is the node's, whatever metric brought it in scope
@@ -489,6 +512,77 @@ def _observe_anomaly(
             target.value, target.anomaly_id = score, anomaly_id
 
 
+def _observe_drift(
+    rule: AlertRule, condition: Condition, selector: tuple[Matcher, ...], now: datetime, replay: bool
+) -> dict[str, Observation]:
+    """One key per model scope: the newest drift report (mlops.DriftReport) whose window ends in
+    the trailing window, among those of the tenant's model versions the selector matches (on the
+    version's cluster, node, metric, `scope`, `detector`, `model_version` and, for a series' model,
+    the series' labels).
+
+    Value: the report's drifted signals that count (alerts.conditions), 0 for `ok`, None (no
+    data) for `insufficient_data`. A scope whose active version has been checked before but has
+    no report in the window is no data too: a late or failed drift run must not resolve alerts.
+
+    The labels name the model: cluster, node and metric (empty when the scope has none, so a
+    drift alert is never taken for a cluster-level alert that inhibits node alerts), `scope`
+    (the scope key), `model_version` and `detector` of the report's version. A retrained model is
+    a new alert: the previous version's leaves the scope and clears (resolved, if it fired).
+    A replay reads only the reports that existed at `now` (written by then)."""
+    since = now - timedelta(seconds=condition.window_seconds)
+    reports = DriftReport.objects.filter(tenant=rule.tenant)
+    if replay:
+        reports = reports.filter(window_to__lte=now, created_at__lte=now)
+    recent = reports.filter(window_to__gt=since)
+    checked = Exists(reports.filter(model_version=OuterRef("pk")))
+    versions = ModelVersion.objects.filter(tenant=rule.tenant).filter(
+        Q(pk__in=recent.values("model_version_id")) | Q(checked, status=ModelVersion.Status.ACTIVE)
+    )
+    for matcher in selector:
+        if matcher.op == "=" and matcher.label in (*ADDRESS, "detector", "scope"):
+            versions = versions.filter(**{"scope_key" if matcher.label == "scope" else matcher.label: matcher.value})
+    fields = ("pk", "scope_key", "series_id", "cluster", "node", "metric", "version", "detector", "status")
+    labels: dict[int, dict[str, str]] = {}
+    active: dict[str, int] = {}
+    series_of: dict[int, int | None] = {}
+    scope_of: dict[int, str] = {}
+    for row in versions.values(*fields, "series__labels"):
+        own = {
+            "cluster": row["cluster"],
+            "node": row["node"],
+            "metric": row["metric"],
+            "scope": row["scope_key"],
+            "model_version": str(row["version"]),
+            "detector": row["detector"],
+        }
+        series_labels = {str(k): str(v) for k, v in (row["series__labels"] or {}).items()}
+        if not matches_all(selector, {**series_labels, **own}):
+            continue
+        labels[row["pk"]], series_of[row["pk"]], scope_of[row["pk"]] = own, row["series_id"], row["scope_key"]
+        if row["status"] == ModelVersion.Status.ACTIVE:
+            active[row["scope_key"]] = row["pk"]
+    # Newest first, so the first report seen of a scope is its newest (a few per scope per window).
+    newest: dict[str, tuple[int, str, list[str]]] = {}
+    rows = recent.filter(model_version_id__in=list(labels)).order_by("-window_to", "-pk")
+    for version_id, verdict, drifted in rows.values_list("model_version_id", "verdict", "drifted"):
+        newest.setdefault(scope_of[version_id], (version_id, verdict, drifted))
+    for scope, version_id in active.items():
+        newest.setdefault(scope, (version_id, DriftReport.Verdict.INSUFFICIENT, []))
+    keys: dict[str, Observation] = {}
+    for version_id, verdict, drifted in newest.values():
+        series_id = series_of[version_id]
+        seen = Observation(
+            labels={**labels[version_id], **rule.labels, "alertname": rule.name},
+            series_ids=[] if series_id is None else [series_id],
+        )
+        if verdict == DriftReport.Verdict.DRIFT:
+            seen.value = float(len([s for s in drifted if not condition.signals or s in condition.signals]))
+        elif verdict == DriftReport.Verdict.OK:
+            seen.value = 0.0
+        keys[fingerprint_of(seen.labels)] = seen
+    return keys
+
+
 # --- preview ----------------------------------------------------------------------------------
 
 
@@ -546,8 +640,7 @@ def rule_preview(
             else:
                 peak[fingerprint] = max(peak.get(fingerprint, seen.value), seen.value)
                 firing = previous.severity if previous.state == "firing" else None
-                assert condition.thresholds is not None
-                breached = condition.thresholds.judge(seen.value, firing)
+                breached = condition_judge(condition, seen.value, firing)
             state = alert_step(
                 previous,
                 breached,

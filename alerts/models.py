@@ -43,9 +43,11 @@ class AlertRule(models.Model):
         ANOMALY = "anomaly"
         NO_DATA = "no_data"
         CHANGE = "change"
+        DRIFT = "drift"  # a model of the tenant drifted (mlops.DriftReport)
 
     class NoDataState(models.TextChoices):
-        # What a threshold or change rule does with a series that has no points in its window.
+        # What a threshold or change rule does with a series that has no points in its window
+        # (a drift rule: with a model whose newest report says insufficient_data, or none).
         NO_DATA = "no_data", "keep the alert's state, mark it no data"
         ALERTING = "alerting", "treat as breached"
         OK = "ok", "treat as recovered"

@@ -22,11 +22,11 @@ def rules_evaluate() -> None:
 
 
 @shared_task(acks_late=True, ignore_result=True, soft_time_limit=120, time_limit=150)
-def tenant_rules_evaluate(tenant_id: int) -> None:
-    """Evaluate every enabled rule of a tenant; nothing if the tenant is gone."""
+def tenant_rules_evaluate(tenant_id: int, kinds: list[str] | None = None) -> None:
+    """Evaluate every enabled rule of a tenant (only `kinds`, when given); nothing if the tenant is gone."""
     tenant = Tenant.objects.filter(pk=tenant_id).first()
     if tenant is not None:
-        evaluation.tenant_rules_evaluate(tenant=tenant)
+        evaluation.tenant_rules_evaluate(tenant=tenant, kinds=kinds)
 
 
 @shared_task(acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)

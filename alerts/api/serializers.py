@@ -41,7 +41,9 @@ CONDITION_HELP = (
     '- anomaly: `{"window_seconds": 300, "labels": ["spike", "level_shift"], "warning": 0.9, "critical": 0.99}`\n'
     '- no_data: `{"seconds": 600, "severity": "critical"}`\n'
     '- change: `{"aggregate": "count", "window_seconds": 3600, "offset_seconds": 604800, "by": "series", '
-    '"operator": "<", "warning": -30, "critical": -60}`'
+    '"operator": "<", "warning": -30, "critical": -60}`\n'
+    '- drift: `{"window_seconds": 7200, "signals": ["residual", "anomaly_rate"], "severity": "warning"}` '
+    "(a model's newest drift report; `signals` empty: any)"
 )
 ANNOTATIONS_HELP = (
     "Templates: `{{ $labels.<name> }}`, `{{ $value }}`, `{{ $severity }}`, `{{ $threshold }}`; "
