@@ -7,14 +7,17 @@ added in the admin, and remove its own that are no longer declared here.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from django.conf import settings
 
 
 class Periodic(TypedDict):
+    """A task run every `every_seconds`, or on a `crontab` ("minute hour day month weekday", UTC)."""
+
     task: str
-    every_seconds: int
+    every_seconds: NotRequired[int]
+    crontab: NotRequired[str]
 
 
 PERIODIC_TASKS: dict[str, Periodic] = {
@@ -29,4 +32,6 @@ PERIODIC_TASKS: dict[str, Periodic] = {
     },
     "vigil.notifications-sweep": {"task": "alerts.tasks.notifications_sweep", "every_seconds": 15},
     "vigil.deliveries-sweep": {"task": "alerts.tasks.deliveries_sweep", "every_seconds": 15},
+    "vigil.models-train": {"task": "mlops.tasks.models_train", "crontab": settings.VIGIL_TRAIN_CRONTAB},
+    "vigil.models-drift": {"task": "mlops.tasks.models_drift", "every_seconds": settings.VIGIL_DRIFT_EVERY_SECONDS},
 }

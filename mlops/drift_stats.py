@@ -191,8 +191,15 @@ def _json_float(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def feature_drift(reference: Reference, current: np.ndarray, thresholds: Thresholds) -> dict[str, Any]:
+def feature_drift(
+    reference: Reference, current: np.ndarray, thresholds: Thresholds, *, independence: float | None = None
+) -> dict[str, Any]:
     """Compare a recent window (in time order) of a feature with its training reference.
+
+    `independence` is the share of points that count as independent observations (n_eff / n),
+    when it is known from normal conditions: from the reference's residuals, say. Estimated on
+    each window instead, a persistent shift in the recent window reads as autocorrelation and
+    hides itself, and a seasonal series' season does too. Both sizes then use it.
 
     Returns {"n", "n_eff", "psi", "ks", "ks_p", "wasserstein", "drifted"}; the Wasserstein
     distance is in reference robust standard deviations (`Reference.robust_scale`).
@@ -206,11 +213,15 @@ def feature_drift(reference: Reference, current: np.ndarray, thresholds: Thresho
     if n < 2:
         return {"n": n, "drifted": False, "insufficient": True}
     quantiles = np.asarray(reference.quantiles, dtype=np.float64)
-    n_eff = effective_size(values)
+    if independence is not None:
+        share = min(max(independence, 0.0), 1.0)
+        n_eff, n_eff_reference = max(n * share, 2.0), max(reference.n * share, 2.0)
+    else:
+        n_eff, n_eff_reference = effective_size(values), reference.n_eff
     with np.errstate(over="ignore", invalid="ignore"):
         psi = _json_float(_psi(quantiles, values))
         ks = _json_float(_ks(quantiles, np.sort(values)))
-        ks_p = None if ks is None else _json_float(_ks_p_value(ks, reference.n_eff, n_eff))
+        ks_p = None if ks is None else _json_float(_ks_p_value(ks, n_eff_reference, n_eff))
         distance = float(np.mean(np.abs(quantiles - np.quantile(values, PROBABILITIES))))
         wasserstein = _json_float(distance / reference.robust_scale)
     significant = ks_p is not None and ks_p < thresholds.alpha

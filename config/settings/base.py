@@ -134,6 +134,10 @@ SPECTACULAR_SETTINGS = {
         "SeverityEnum": "alerts.models.Severity",
         "NotificationEventEnum": "alerts.models.Notification.Event",
         "ModelVersionStatusEnum": "mlops.models.ModelVersion.Status",
+        "ScopeKindEnum": "mlops.models.ModelVersion.ScopeKind",
+        "TrainScopeKindEnum": "mlops.api.serializers.TRAINABLE_SCOPE_KINDS",
+        "CalendarEventKindEnum": "mlops.models.CalendarEvent.Kind",
+        "DriftActionEnum": "mlops.models.DriftReport.Action",
     },
 }
 
@@ -165,6 +169,11 @@ CELERY_TASK_ROUTES = {
     "alerts.tasks.series_rules_evaluate": {"queue": "alerts"},
     "alerts.tasks.group_flush": {"queue": "alerts"},
     "alerts.tasks.notifications_sweep": {"queue": "alerts"},
+    "mlops.tasks.models_train": {"queue": "train"},
+    "mlops.tasks.scopes_train": {"queue": "train"},
+    "mlops.tasks.version_train": {"queue": "train"},
+    "mlops.tasks.models_drift": {"queue": "drift"},
+    "mlops.tasks.versions_drift": {"queue": "drift"},
     "alerts.tasks.delivery_attempt": {"queue": "webhooks"},
     "alerts.tasks.deliveries_sweep": {"queue": "webhooks"},
 }
@@ -279,6 +288,32 @@ VIGIL_WEBHOOK_ROTATION_SECONDS = env.int("VIGIL_WEBHOOK_ROTATION_SECONDS", defau
 
 # Model registry (mlops/). Where trained models' bytes live: "database", or "file://<directory>".
 VIGIL_ARTIFACT_STORE = env.str("VIGIL_ARTIFACT_STORE", default="database")
+# Training (mlops/training.py; README "Model lifecycle"). Beat trains every detected scope on this
+# crontab (minute hour day-of-month month day-of-week, UTC), on the window of this many seconds
+# ending at the last whole VIGIL_TRAIN_ALIGN_SECONDS. A series reads its raw points in chunks, at
+# most the newest VIGIL_TRAIN_MAX_POINTS. A version still `training` after
+# VIGIL_TRAIN_STALE_SECONDS lost its worker and is marked failed.
+VIGIL_TRAIN_CRONTAB = env.str("VIGIL_TRAIN_CRONTAB", default="15 2 * * *")
+VIGIL_TRAIN_WINDOW_SECONDS = env.int("VIGIL_TRAIN_WINDOW_SECONDS", default=7 * 86400)
+VIGIL_TRAIN_ALIGN_SECONDS = env.int("VIGIL_TRAIN_ALIGN_SECONDS", default=3600)
+VIGIL_TRAIN_CHUNK_POINTS = env.int("VIGIL_TRAIN_CHUNK_POINTS", default=20_000)
+VIGIL_TRAIN_MAX_POINTS = env.int("VIGIL_TRAIN_MAX_POINTS", default=1_000_000)
+VIGIL_TRAIN_STALE_SECONDS = env.int("VIGIL_TRAIN_STALE_SECONDS", default=3600)
+# The promotion gate compares candidate and active version over the last this-many seconds of
+# the training window (the holdout).
+VIGIL_GATE_WINDOW_SECONDS = env.int("VIGIL_GATE_WINDOW_SECONDS", default=86400)
+# Drift (mlops/drift.py): every VIGIL_DRIFT_EVERY_SECONDS each trained active model scores the
+# last VIGIL_DRIFT_WINDOW_SECONDS (at least VIGIL_DRIFT_MIN_POINTS points) against its training
+# reference. A feature drifts when the KS p-value is below VIGIL_DRIFT_ALPHA and the PSI or the
+# Wasserstein distance (in reference robust sds) reaches its threshold. A scope retrained for
+# drift is not retrained for drift again within VIGIL_DRIFT_COOLDOWN_SECONDS.
+VIGIL_DRIFT_EVERY_SECONDS = env.int("VIGIL_DRIFT_EVERY_SECONDS", default=3600)
+VIGIL_DRIFT_WINDOW_SECONDS = env.int("VIGIL_DRIFT_WINDOW_SECONDS", default=86400)
+VIGIL_DRIFT_MIN_POINTS = env.int("VIGIL_DRIFT_MIN_POINTS", default=60)
+VIGIL_DRIFT_ALPHA = env.float("VIGIL_DRIFT_ALPHA", default=0.01)
+VIGIL_DRIFT_PSI = env.float("VIGIL_DRIFT_PSI", default=0.2)
+VIGIL_DRIFT_WASSERSTEIN = env.float("VIGIL_DRIFT_WASSERSTEIN", default=0.5)
+VIGIL_DRIFT_COOLDOWN_SECONDS = env.int("VIGIL_DRIFT_COOLDOWN_SECONDS", default=6 * 3600)
 
 LOGGING = {
     "version": 1,

@@ -26,9 +26,17 @@ def test_sync_installs_every_declared_task_once_however_often_it_runs() -> None:
     assert set(rows) == set(PERIODIC_TASKS)
     for name, spec in PERIODIC_TASKS.items():
         assert rows[name].task == spec["task"]
-        assert rows[name].interval.every == spec["every_seconds"]
+        if "crontab" in spec:
+            crontab = rows[name].crontab
+            fields = (crontab.minute, crontab.hour, crontab.day_of_month, crontab.month_of_year, crontab.day_of_week)
+            assert " ".join(fields) == spec["crontab"]
+            assert rows[name].interval is None
+        else:
+            assert rows[name].interval.every == spec["every_seconds"]
         assert rows[name].enabled
-    assert IntervalSchedule.objects.count() == len({s["every_seconds"] for s in PERIODIC_TASKS.values()})
+    intervals = {s["every_seconds"] for s in PERIODIC_TASKS.values() if "every_seconds" in s}
+    assert IntervalSchedule.objects.count() == len(intervals)
+    assert PeriodicTask.objects.get(name="vigil.models-train").crontab is not None
 
 
 def test_sync_removes_its_own_stale_entries_and_keeps_operators(monkeypatch: pytest.MonkeyPatch) -> None:
