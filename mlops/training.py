@@ -51,7 +51,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
-from analytics.anomalies import node_columns, node_matrix, series_sensitivity
+from analytics.anomalies import node_columns, node_matrix, series_sensitivity, serving_lock
 from analytics.detection import Scores, detector_create
 from analytics.detection.multivariate import node_detector_create
 from analytics.detection.windows import anomaly_windows
@@ -502,8 +502,11 @@ def _gate_and_promote(version: ModelVersion, scope: Scope, fitted: Fitted) -> No
     forced = version.trigger == ModelVersion.Trigger.DRIFT and (
         scope.tenant.drift_policy == Tenant.DriftPolicy.RETRAIN_PROMOTE
     )
-    # One transaction: the comparison is never seen without its outcome.
+    # One transaction: the comparison is never seen without its outcome. Locks are taken in the
+    # order of every writer of a scope (the serving row, then the versions), so a detection
+    # registering an online version at the same moment waits instead of deadlocking.
     with transaction.atomic():
+        serving_lock(version)
         ModelVersion.objects.filter(pk=version.pk).update(metrics={**version.metrics, "gate": comparison})
         version.metrics = {**version.metrics, "gate": comparison}
         if comparison["passed"] or forced:
@@ -732,6 +735,9 @@ def feedback_retrain_publish(anomaly: AnomalyResult) -> bool:
     if not any(set(rule["anomalies"]) - covered for rule in rules):
         return False
     start, end = training_window()
-    return scopes_train_publish(
-        series.tenant_id, Kind.SERIES, [str(series.pk)], trigger=ModelVersion.Trigger.FEEDBACK, start=start, end=end
+    transaction.on_commit(
+        lambda: scopes_train_publish(
+            series.tenant_id, Kind.SERIES, [str(series.pk)], trigger=ModelVersion.Trigger.FEEDBACK, start=start, end=end
+        )
     )
+    return True

@@ -187,6 +187,10 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = False
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A prefork child whose resident memory grew past this (KiB) is replaced once its task ends:
+# training and node detection hold a model each, and memory freed by Python is not always
+# returned to the system.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=1_048_576)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 # Redis redelivers an unacked message after the visibility timeout: it must exceed the
