@@ -9,6 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from analytics.anomalies import anomaly_feedback_set
 from analytics.models import AnomalyResult, IngestBatch, MetricSeries, Rollup
+from mlops.admin import training_window, version_link
 
 ROLLUP_COLUMNS = ["count", "min", "mean", "max", "p50", "p95", "p99", "last"]
 
@@ -69,6 +70,7 @@ ANOMALY_SECTIONS: list[tuple[str | None, tuple[str, ...]]] = [
     ("Window", ("window_start", "window_end", "peak_ts", "peak_score")),
     ("Values at the peak", ("observed", "expected", "lower", "upper", "deviation")),
     ("Explanation", ("explanation", "details_json")),
+    ("Model (lineage)", ("scored_by", "scored_by_window")),
     ("Feedback", ("feedback", "feedback_comment", "feedback_at")),
     (None, ("created_at", "updated_at")),
 ]
@@ -109,6 +111,14 @@ class AnomalyResultAdmin(admin.ModelAdmin):
     def has_feedback_permission(self, request: HttpRequest) -> bool:
         """Who may run the verdict actions: whoever Django would let change an anomaly."""
         return request.user.has_perm("analytics.change_anomalyresult")
+
+    @admin.display(description="Model version")
+    def scored_by(self, anomaly: AnomalyResult) -> str:
+        return version_link(anomaly.model_version)
+
+    @admin.display(description="Its training window")
+    def scored_by_window(self, anomaly: AnomalyResult) -> str:
+        return training_window(anomaly.model_version)
 
     # The read-only JSON field would render as one compact line; details are nested facts.
     @admin.display(description="Details")

@@ -18,11 +18,13 @@ from alerts.api.views import (
 )
 from analytics.api.anomalies import AnomalyViewSet, HealthViewSet
 from analytics.api.views import PointsIngestView, SeriesQueryViewSet, SeriesViewSet
-from mlops.api.views import ModelVersionViewSet
+from mlops.api.views import CalendarEventViewSet, DriftReportViewSet, ModelVersionViewSet
 from tenants.api.views import ApiKeyViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("model-versions", ModelVersionViewSet, basename="model-versions")
+router.register("drift-reports", DriftReportViewSet, basename="drift-reports")
+router.register("calendar-events", CalendarEventViewSet, basename="calendar-events")
 router.register("series", SeriesViewSet, basename="series")
 router.register("keys", ApiKeyViewSet, basename="keys")
 router.register("anomalies", AnomalyViewSet, basename="anomalies")

@@ -46,11 +46,10 @@ from mlops.models import DriftReport, ModelVersion
 from mlops.services import model_version_load
 from mlops.training import (
     Scope,
-    model_version_train_start,
+    model_version_train_request,
     residuals,
     training_window,
     version_scope,
-    version_train_publish,
 )
 from tenants.models import Tenant
 
@@ -197,9 +196,7 @@ def _act(version: ModelVersion, scope: Scope, window_to: datetime) -> tuple[str,
     if recent.exists():
         return DriftReport.Action.COOLDOWN, None
     start, end = training_window(window_to)
-    retrained, new = model_version_train_start(scope=scope, trigger=ModelVersion.Trigger.DRIFT, start=start, end=end)
-    if new:
-        version_train_publish(retrained)
+    retrained, _ = model_version_train_request(scope=scope, trigger=ModelVersion.Trigger.DRIFT, start=start, end=end)
     return DriftReport.Action.RETRAIN, retrained
 
 

@@ -702,6 +702,20 @@ def scopes_train(*, tenant_id: int, kind: str, keys: list[str], trigger: str, st
     return trained
 
 
+def model_version_train_request(
+    *, scope: Scope, trigger: str, actor: str = "", start: datetime | None = None, end: datetime | None = None
+) -> tuple[ModelVersion, bool]:
+    """Train `scope` on [start, end) (by default `training_window()`) on the train queue: the
+    version from `model_version_train_start`, published after commit when it is new. What the
+    API, the admin and a drift verdict ask for."""
+    if start is None or end is None:
+        start, end = training_window()
+    version, created = model_version_train_start(scope=scope, trigger=trigger, start=start, end=end, actor=actor)
+    if created:
+        version_train_publish(version)
+    return version, created
+
+
 def version_train_publish(version: ModelVersion) -> None:
     """After commit, enqueue the training of a version the API or the admin started. If the
     broker is down the version stays `training` until the sweep marks it failed (and says so)."""

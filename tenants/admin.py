@@ -26,9 +26,10 @@ class TenantAdmin(admin.ModelAdmin):
         "max_series",
         "max_points_per_request",
         "retention_raw_days",
+        "drift_policy",
         "created_at",
     ]
-    list_filter = ["is_active"]
+    list_filter = ["is_active", "drift_policy"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
@@ -38,6 +39,14 @@ class TenantAdmin(admin.ModelAdmin):
         (
             "Retention (days)",
             {"fields": ["retention_raw_days", "retention_1m_days", "retention_5m_days", "retention_1h_days"]},
+        ),
+        (
+            "Models",
+            {
+                "fields": ["drift_policy"],
+                "description": "What a drift verdict on one of the tenant's models does: train a candidate the "
+                "promotion gate decides on, train and promote it, or only report (and fire drift alert rules).",
+            },
         ),
     ]
 

@@ -45,6 +45,17 @@ ANOMALY_EXAMPLE: dict[str, Any] = {
     "node": "web-1",
     "metric": "latency.p99",
     "detector": "robust_zscore",
+    "model_version": {
+        "id": 31,
+        "version": 3,
+        "scope_key": "series:7",
+        "status": "active",
+        "detector": "ensemble",
+        "trigger": "schedule",
+        "train_from": "2026-11-01T00:00:00Z",
+        "train_to": "2026-11-22T00:00:00Z",
+        "metrics": {"points": 181440, "score_quantiles": {"p99": 0.41}, "contamination": 0.0021},
+    },
     "label": "spike",
     "status": "closed",
     "window_start": "2026-11-23T12:03:00Z",
@@ -124,7 +135,8 @@ def _optional_time(request: Request, name: str) -> datetime | None:
 class AnomalyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
     """The tenant's anomalies. Reading needs `read`; feedback needs `admin` (see `required_scopes`)."""
 
-    queryset = AnomalyResult.objects.all()
+    # The lineage (`model_version`) is rendered on every anomaly: joined, never one query each.
+    queryset = AnomalyResult.objects.select_related("model_version")
     serializer_class = AnomalySerializer
     filterset_class = AnomalyFilter
     pagination_class = AnomalyPagination

@@ -46,6 +46,9 @@ class AnomalyFilter(django_filters.FilterSet):
         field_name="peak_score", lookup_expr="gte", help_text="Peak score at least this (0-1)."
     )
     status = django_filters.ChoiceFilter(choices=AnomalyResult.Status.choices)
+    model_version = django_filters.NumberFilter(
+        field_name="model_version_id", help_text="Lineage: the anomalies a model version of yours scored."
+    )
     feedback = django_filters.ChoiceFilter(
         choices=[*AnomalyResult.Feedback.choices, (NO_FEEDBACK, NO_FEEDBACK)],
         method="filter_feedback",
@@ -54,7 +57,7 @@ class AnomalyFilter(django_filters.FilterSet):
 
     class Meta:
         model = AnomalyResult
-        fields = ["series", "cluster", "node", "metric", "label", "min_score", "status", "feedback"]
+        fields = ["series", "cluster", "node", "metric", "label", "min_score", "status", "model_version", "feedback"]
 
     def filter_feedback(self, queryset: QuerySet[AnomalyResult], name: str, value: str) -> QuerySet[AnomalyResult]:
         return queryset.filter(feedback="" if value == NO_FEEDBACK else value)

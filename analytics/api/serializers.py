@@ -7,6 +7,7 @@ from rest_framework import serializers
 from analytics.health import LEVELS, STRATEGIES
 from analytics.models import AnomalyResult, MetricSeries
 from analytics.query import ACROSS, AGGREGATIONS
+from mlops.api.serializers import ModelVersionLineageSerializer
 
 
 class PointInSerializer(serializers.Serializer):
@@ -169,6 +170,12 @@ class AnomalySerializer(serializers.ModelSerializer):
         read_only=True,
         help_text="A person's verdict; null until given.",
     )
+    model_version = ModelVersionLineageSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text="Lineage: the registry's version that scored it, with its training window (full record at "
+        "/model-versions/{id}); null for anomalies found before the registry served this scope.",
+    )
 
     class Meta:
         model = AnomalyResult
@@ -180,6 +187,7 @@ class AnomalySerializer(serializers.ModelSerializer):
             "node",
             "metric",
             "detector",
+            "model_version",
             "label",
             "status",
             "window_start",

@@ -3,6 +3,8 @@ explanation, and give verdicts through the actions."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.messages import get_messages
@@ -11,6 +13,7 @@ from django.test import Client
 from analytics.models import AnomalyResult
 from tenants.models import Tenant
 from tests.analytics.factories import AnomalyResultFactory, MetricSeriesFactory
+from tests.mlops.factories import ModelVersionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -154,3 +157,16 @@ def test_staff_without_the_change_permission_get_no_verdict_actions(client: Clie
     client.post(CHANGELIST, {"action": "mark_true_positive", "_selected_action": [spike.pk]})
     spike.refresh_from_db()
     assert spike.feedback == ""
+
+
+def test_the_detail_page_links_to_the_version_that_scored_it_with_its_window(operator: Client, tenant: Tenant) -> None:
+    version = ModelVersionFactory(series=MetricSeriesFactory(tenant=tenant))
+    anomaly = AnomalyResultFactory(series=version.series, model_version=version)
+    page = listed(operator.get(f"{CHANGELIST}{anomaly.pk}/change/"))
+    assert f'<a href="/admin/mlops/modelversion/{version.pk}/change/">{version}</a>' in page
+    assert "2026-03-01 00:00 to 2026-03-22 00:00 UTC" in page
+
+
+def test_an_anomaly_scored_before_the_registry_has_no_version(operator: Client, spike: AnomalyResult) -> None:
+    page = listed(operator.get(f"{CHANGELIST}{spike.pk}/change/"))
+    assert "Model version" in page and not re.search(r"/admin/mlops/modelversion/\d+/change/", page)

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -16,6 +18,7 @@ from analytics.models import AnomalyResult, MetricSeries
 from tenants.models import Tenant
 from tests.analytics.factories import AnomalyResultFactory, AnomalyScoreFactory, MetricSeriesFactory
 from tests.analytics.test_anomalies import INTERVAL, detect, send
+from tests.mlops.factories import ModelVersionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -408,15 +411,70 @@ def test_other_tenants_series_scores_are_404(owner: APIClient, stranger: APIClie
     ]
 
 
+# --- lineage -------------------------------------------------------------------------------------
+
+
+def test_an_anomaly_names_the_version_that_scored_it_and_its_training_window(
+    owner: APIClient, cpu: MetricSeries
+) -> None:
+    version = ModelVersionFactory(series=cpu, status="active", metrics={"contamination": 0.002, "reference": {}})
+    scored, before = anomaly(cpu, start=60, model_version=version), anomaly(cpu, start=0)
+    expected = {
+        "id": version.pk,
+        "version": 1,
+        "scope_key": f"series:{cpu.pk}",
+        "status": "active",
+        "detector": "ensemble",
+        "trigger": "schedule",
+        "train_from": "2026-03-01T00:00:00Z",
+        "train_to": "2026-03-22T00:00:00Z",
+        "metrics": {"contamination": 0.002},  # without the reference distributions
+    }
+    assert owner.get(f"/api/v1/anomalies/{scored.pk}").json()["model_version"] == expected
+    assert owner.get(f"/api/v1/anomalies/{before.pk}").json()["model_version"] is None
+    assert [a["model_version"] for a in owner.get("/api/v1/anomalies").json()["results"]] == [expected, None]
+    assert ids(owner.get("/api/v1/anomalies", {"model_version": version.pk})) == [scored.pk]
+
+
+def test_the_anomaly_list_reads_the_versions_in_the_same_query(owner: APIClient, cpu: MetricSeries) -> None:
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert owner.get("/api/v1/anomalies").status_code == 200
+        return len(captured)
+
+    queries()  # the key's first use is recorded once
+    anomaly(cpu, start=0, model_version=ModelVersionFactory(series=cpu))
+    one = queries()
+    for start in (10, 20, 30):
+        anomaly(cpu, start=start, model_version=ModelVersionFactory(series=cpu))
+    assert queries() == one
+
+
+def test_another_tenants_version_filter_finds_nothing(owner: APIClient, theirs: AnomalyResult) -> None:
+    version = ModelVersionFactory(series=theirs.series)
+    AnomalyResult.objects.filter(pk=theirs.pk).update(model_version=version)
+    assert ids(owner.get("/api/v1/anomalies", {"model_version": version.pk})) == []
+
+
 # --- schema --------------------------------------------------------------------------------------
 
 
 def test_the_schema_documents_the_anomaly_api_with_examples(anonymous: APIClient) -> None:
     paths = anonymous.get("/api/v1/schema?format=json").json()["paths"]
     listing = paths["/api/v1/anomalies"]["get"]
-    assert {"series", "cluster", "node", "metric", "label", "min_score", "status", "feedback", "from", "to"} <= {
-        p["name"] for p in listing["parameters"]
-    }
+    assert {
+        "series",
+        "cluster",
+        "node",
+        "metric",
+        "label",
+        "min_score",
+        "status",
+        "model_version",
+        "feedback",
+        "from",
+        "to",
+    } <= {p["name"] for p in listing["parameters"]}
     assert "examples" in listing["responses"]["200"]["content"]["application/json"]
     feedback = paths["/api/v1/anomalies/{id}/feedback"]["post"]
     assert "examples" in feedback["requestBody"]["content"]["application/json"]

@@ -66,6 +66,11 @@ def test_schema_documents_every_endpoint_with_the_error_shape(anonymous: APIClie
         "/api/v1/model-versions/{id}/promote",
         "/api/v1/model-versions/{id}/rollback",
         "/api/v1/model-versions/{id}/compare",
+        "/api/v1/model-versions/train",
+        "/api/v1/drift-reports",
+        "/api/v1/drift-reports/{id}",
+        "/api/v1/calendar-events",
+        "/api/v1/calendar-events/{id}",
     ]:
         assert path in paths, path
     ingest = paths["/api/v1/points"]["post"]
@@ -97,6 +102,51 @@ def test_alerting_operations_have_a_summary_examples_and_the_error_shape(anonymo
         for code, response in responses.items():
             if code.startswith("4"):
                 assert response["content"]["application/json"]["schema"]["$ref"].endswith("/Error"), (where, code)
+
+
+MLOPS = ("model-versions", "drift-reports", "calendar-events")
+
+
+def test_mlops_operations_have_a_summary_examples_and_the_error_shape(anonymous: APIClient) -> None:
+    paths = anonymous.get("/api/v1/schema?format=json").json()["paths"]
+    prefixes = tuple(f"/api/v1/{name}" for name in MLOPS)
+    operations = {
+        f"{method.upper()} {path}": operation
+        for path, by_method in paths.items()
+        if path.startswith(prefixes)
+        for method, operation in by_method.items()
+    }
+    assert sorted(operations) == [
+        "DELETE /api/v1/calendar-events/{id}",
+        "GET /api/v1/calendar-events",
+        "GET /api/v1/calendar-events/{id}",
+        "GET /api/v1/drift-reports",
+        "GET /api/v1/drift-reports/{id}",
+        "GET /api/v1/model-versions",
+        "GET /api/v1/model-versions/{id}",
+        "GET /api/v1/model-versions/{id}/compare",
+        "PATCH /api/v1/calendar-events/{id}",
+        "POST /api/v1/calendar-events",
+        "POST /api/v1/model-versions/train",
+        "POST /api/v1/model-versions/{id}/promote",
+        "POST /api/v1/model-versions/{id}/rollback",
+        "PUT /api/v1/calendar-events/{id}",
+    ]
+    for where, operation in operations.items():
+        assert operation["summary"] and operation["description"], where
+        assert "examples" in json.dumps(operation), where
+        responses = operation["responses"]
+        assert {"401", "403"} <= set(responses), where
+        for code, response in responses.items():
+            if code.startswith("4"):
+                assert response["content"]["application/json"]["schema"]["$ref"].endswith("/Error"), (where, code)
+    train = operations["POST /api/v1/model-versions/train"]
+    assert {"200", "202", "400"} <= set(train["responses"])
+    assert "examples" in train["requestBody"]["content"]["application/json"]
+    assert {"from", "to", "kind"} <= {p["name"] for p in operations["GET /api/v1/calendar-events"]["parameters"]}
+    assert {"model_version", "scope_key", "verdict"} <= {
+        p["name"] for p in operations["GET /api/v1/drift-reports"]["parameters"]
+    }
 
 
 def test_docs_page_is_served(anonymous: APIClient) -> None:

@@ -35,7 +35,7 @@ def day0() -> float:
 def published(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """The versions a drift verdict sent to training (no broker in these tests)."""
     sent: list[int] = []
-    monkeypatch.setattr("mlops.drift.version_train_publish", lambda version: sent.append(version.pk))
+    monkeypatch.setattr("mlops.training.version_train_publish", lambda version: sent.append(version.pk))
     monkeypatch.setattr("mlops.drift.tenant_rules_evaluate_publish", lambda **kwargs: False)
     yield sent
 
