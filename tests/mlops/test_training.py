@@ -240,3 +240,42 @@ def test_a_candidate_that_reports_more_than_the_active_version_stays_a_candidate
     active.refresh_from_db()
     assert active.status == "active"
     assert DetectorState.objects.get(series=series).model_version_id == active.pk
+
+
+# --- Nodes -------------------------------------------------------------------------------------
+
+
+def test_a_node_trains_its_multivariate_model_on_rollups_and_serves_it(tenant: Tenant) -> None:
+    from analytics import rollups
+    from analytics.models import NodeDetectorState
+    from mlops.drift import model_version_drift
+
+    minutes = 720
+    begin = float(int(time.time() // 3600) * 3600 - (minutes + 60) * 60)
+    rng = np.random.default_rng(4)
+    load = 50 + rng.normal(0, 5, minutes)
+    metrics = {"cpu": load + rng.normal(0, 1, minutes), "latency": 2 * load + rng.normal(0, 2, minutes)}
+    ts = begin + np.arange(minutes) * 60.0
+    for metric, values in metrics.items():
+        ingest(tenant, ts, values, node="db-1", metric=metric)
+    members = MetricSeries.objects.filter(tenant=tenant, node="db-1")
+    rollups.rollups_refresh(
+        series_ids=list(members.values_list("pk", flat=True)), start=utc(begin), end=utc(ts[-1] + 60)
+    )
+    anomalies.node_detect(tenant=tenant, nodes=[("eu", "db-1")])
+    online = ModelVersion.objects.get(scope_key="node:eu/db-1", status="active")
+
+    scope = Scope(tenant=tenant, kind="node", cluster="eu", node="db-1")
+    end = begin + minutes * 60.0
+    version, _ = model_version_train_start(scope=scope, trigger="manual", start=utc(begin), end=utc(end))
+    version = model_version_train(version=version)
+
+    assert version.status in ("candidate", "active"), version.error
+    assert (version.detector, version.feature_schema) == (settings.VIGIL_NODE_DETECTOR, ["cpu", "latency"])
+    assert version.train_points == minutes
+    assert set(version.metrics["reference"]) == {"cpu", "latency"}
+    assert version.metrics["gate"]["active"] == online.pk
+    if version.status == "active":
+        assert NodeDetectorState.objects.get(tenant=tenant, node="db-1").model_version_id == version.pk
+    report = model_version_drift(version=version, window_to=utc(end + 3600))
+    assert report.verdict == "insufficient_data"  # nothing after training yet
