@@ -279,3 +279,45 @@ def test_a_node_trains_its_multivariate_model_on_rollups_and_serves_it(tenant: T
         assert NodeDetectorState.objects.get(tenant=tenant, node="db-1").model_version_id == version.pk
     report = model_version_drift(version=version, window_to=utc(end + 3600))
     assert report.verdict == "insufficient_data"  # nothing after training yet
+
+
+# --- Beat ----------------------------------------------------------------------------------------
+
+
+def test_beat_fans_training_out_per_tenant_and_scope_and_a_shard_trains_its_scopes(
+    tenant: Tenant, other_tenant: Tenant, day0: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlops import training
+
+    sent: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        "mlops.training.scopes_train_publish", lambda *shard, **options: sent.append((*shard, options)) or True
+    )
+    monkeypatch.setattr("mlops.training.TRAIN_SHARD", 2)
+    ts, values = series_values(day0, 2, spikes_at=())
+    mine = [ingest(tenant, ts, values, node=f"db-{i}") for i in range(3)]
+    theirs = ingest(other_tenant, ts, values)
+    quiet = ingest(tenant, ts, values, node="never-detected")
+    for series in [*mine, theirs]:
+        detect(series)
+    MetricSeries.objects.update(last_point_at=utc(ts[-1]))  # what the ingest pipeline's worker sets
+
+    now = utc(day0 + 2 * DAY + 1800)
+    assert training.models_train_publish(now=now) == 3
+    shards = [(tenant_id, kind, keys) for tenant_id, kind, keys, _ in sent]
+    # Round-robin: the first shard of each tenant before the second of any.
+    assert shards == [
+        (tenant.pk, "series", [str(mine[0].pk), str(mine[1].pk)]),
+        (other_tenant.pk, "series", [str(theirs.pk)]),
+        (tenant.pk, "series", [str(mine[2].pk)]),
+    ]
+    assert str(quiet.pk) not in {key for _, _, keys in shards for key in keys}
+    options = sent[0][3]
+    assert options["trigger"] == "schedule" and options["end"] == utc(day0 + 2 * DAY)
+
+    # A shard trains its scopes once: a redelivered shard trains nothing more.
+    start, end = options["start"], options["end"]
+    args = {"tenant_id": tenant.pk, "kind": "series", "keys": shards[0][2], "trigger": "schedule"}
+    assert training.scopes_train(**args, start=start, end=end) == 2
+    assert training.scopes_train(**args, start=start, end=end) == 0
+    assert ModelVersion.objects.filter(trigger="schedule").count() == 2
