@@ -750,7 +750,7 @@ def _series_rescore_one(series_id: int, start: datetime, end: datetime) -> int:
         values = np.array([value for _, value in points], dtype=np.float64)
         interval = float(row.state.get("interval") or DEFAULT_INTERVAL)
         wound_back = {**copy.deepcopy(row.state), "last_ts": float(ts[0]) - interval}
-        scores = _subset(detector.update(wound_back, ts, values)[0], len(context))
+        scores = detector.update(wound_back, ts, values)[0].select(slice(len(context), None))
         scores = rules_apply(row.rules, scores, detector.threshold)[0]
         gap = _gap_seconds(row.state, scores)
         _scores_write(series_id, scores)
@@ -763,12 +763,6 @@ def _series_rescore_one(series_id: int, start: datetime, end: datetime) -> int:
             horizon=row.last_ts.timestamp() - gap,
         )
         return len(scores)
-
-
-def _subset(scores: Scores, skip: int) -> Scores:
-    """`scores` without its first `skip` points (the context)."""
-    arrays = {name: getattr(scores, name)[skip:] for name in Scores.__dataclass_fields__ if name != "info"}
-    return Scores(**arrays, info=scores.info)
 
 
 # --- Nodes ---------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from django.utils import timezone
 
 from alerts.evaluation import KINDS_AFTER_DRIFT, tenant_rules_evaluate_publish
 from analytics.anomalies import node_columns, node_matrix
-from analytics.detection import Scores, detector_create
+from analytics.detection import detector_create
 from analytics.detection.multivariate import node_detector_create
 from analytics.detection.windows import anomaly_windows
 from analytics.models import Point
@@ -225,7 +225,7 @@ def _series_recent(
     scores, state = detector.update(state, ts[keep], vs[keep])
     scores = rules_apply(model["rules"], scores, detector.threshold)[0]
     recent = (scores.timestamps >= window_from.timestamp()) & ~scores.warming
-    part = _subset(scores, recent)
+    part = scores.select(recent)
     gap = settings.VIGIL_ANOMALY_GAP_SAMPLES * float(state.get("interval") or 60.0)
     windows = len(anomaly_windows(part, gap_seconds=gap)) if len(part) else 0
     return {"value": part.values, "residual": residuals(part)}, windows
@@ -259,11 +259,6 @@ def _node_recent(
     windows = int(np.sum(anomalous[1:] & ~anomalous[:-1]) + (1 if len(anomalous) and anomalous[0] else 0))
     in_window = ts >= window_from.timestamp()
     return {name: matrix[in_window, j] for j, name in enumerate(names)}, windows
-
-
-def _subset(scores: Scores, keep: np.ndarray) -> Scores:
-    arrays = {name: getattr(scores, name)[keep] for name in Scores.__dataclass_fields__ if name != "info"}
-    return Scores(**arrays, info=scores.info)
 
 
 def _feedback(version: ModelVersion, scope: Scope) -> tuple[tuple[int, int], tuple[int, int]]:

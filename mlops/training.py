@@ -342,7 +342,7 @@ def _fit_series(version: ModelVersion, scope: Scope) -> Fitted:
             windows += int((anomalous_ts - previous > gap).sum())
             last_anomalous = float(anomalous_ts[-1])
         if scores.timestamps[-1] >= holdout:
-            holdout_parts.append(_from(scores, holdout))
+            holdout_parts.append(scores.select(scores.timestamps >= holdout))
     needed = 2 * detector.min_points
     if learned < needed:
         raise TrainingFailed(f"{learned} points in the training window; at least {needed} are needed")
@@ -402,12 +402,6 @@ def _chunks(rows: Any) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
         ts = np.fromiter((moment.timestamp() for moment, _ in batch), dtype=np.float64, count=len(batch))
         vs = np.fromiter((value for _, value in batch), dtype=np.float64, count=len(batch))
         yield ts, vs, took
-
-
-def _from(scores: Scores, since: float) -> Scores:
-    keep = scores.timestamps >= since
-    arrays = {name: getattr(scores, name)[keep] for name in Scores.__dataclass_fields__ if name != "info"}
-    return Scores(**arrays, info=scores.info)
 
 
 def _fit_node(version: ModelVersion, scope: Scope) -> Fitted:

@@ -73,6 +73,11 @@ class Scores:
         }
         return cls(**arrays, info=parts[-1].info)
 
+    def select(self, keep: np.ndarray | slice) -> Scores:
+        """The points `keep` (a boolean mask or a slice) selects, with the same info."""
+        arrays = {name: getattr(self, name)[keep] for name in self.__dataclass_fields__ if name != "info"}
+        return Scores(**arrays, info=self.info)
+
     @classmethod
     def empty(cls) -> Scores:
         floats = np.empty(0)
