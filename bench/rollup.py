@@ -70,18 +70,8 @@ import psycopg2.extensions
 import psycopg2.extras
 
 # bench/ is on the path when run as a script: the set-up and server helpers are shared.
-from ingest import (
-    HOST,
-    METRICS,
-    _interrupted,
-    _timed_out,
-    configure_environment,
-    database_reset,
-    free_port,
-    pg,
-    server_start,
-    server_stop,
-)
+from common import HOST, _interrupted, _timed_out, database_reset, free_port
+from ingest import METRICS, configure_environment, pg, server_start, server_stop
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOLUTIONS = (60, 300, 3600)  # analytics.models.Rollup.Resolution, seconds
