@@ -151,11 +151,14 @@ def model_version_load(*, version: ModelVersion) -> dict[str, Any]:
     return {"state": model["state"], "rules": model.get("rules") or []}
 
 
-def model_version_promote(*, version: ModelVersion, actor: str = "", reason: str = "") -> ModelVersion:
+def model_version_promote(
+    *, version: ModelVersion, actor: str = "", reason: str = "", model: dict[str, Any] | None = None
+) -> ModelVersion:
     """Make `version` its scope's active model, serving detection from now on; the active one
     before it retires. Both are audit events. Refuses (409) a version still training or failed,
     and one whose artifact does not verify: the active version keeps serving. Does nothing if it
-    is already active."""
+    is already active. `model` is the version's model when the caller holds it (training, which
+    has just stored it); otherwise it is read back from the artifact and verified."""
     with transaction.atomic():
         serving = serving_lock(version)
         versions = _scope_locked(version.tenant, version.scope_key)
@@ -164,7 +167,7 @@ def model_version_promote(*, version: ModelVersion, actor: str = "", reason: str
             return target
         if target.status in (ModelVersion.Status.TRAINING, ModelVersion.Status.FAILED):
             raise Rejected("not_promotable", f"{target} cannot be promoted.", status_code=409)
-        model = _verified(target)
+        model = model if model is not None else _verified(target)
         _activate(versions, target, actor=actor, reason=reason)
         if serving is not None:
             serving_install(serving, target, model)

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from analytics.anomalies import node_columns, node_matrix, series_sensitivity, serving_lock
@@ -57,6 +57,7 @@ from analytics.detection.multivariate import node_detector_create
 from analytics.detection.windows import anomaly_windows
 from analytics.models import AnomalyResult, MetricSeries, Point
 from config.errors import Rejected
+from mlops.artifacts import ArtifactCorrupt, artifact_save, state_dumps
 from mlops.calendars import calendar_events, calendar_mask
 from mlops.drift_stats import reference_of
 from mlops.feedback import Judged, judged_rules_hold, rules_apply, rules_learn
@@ -134,14 +135,19 @@ def model_version_train_start(
     key = _training_key(scope, detector, hyperparameters, start, end)
     with transaction.atomic():
         versions = ModelVersion.objects.filter(tenant=scope.tenant, scope_key=scope.key)
-        list(versions.select_for_update(no_key=True).order_by("pk").values_list("pk", flat=True))
-        existing = versions.filter(training_key=key).exclude(status=Status.FAILED).first()
-        if existing is not None and not _stale(existing):
-            return existing, False
-        if existing is not None:
+        rows = list(
+            versions.select_for_update(no_key=True)
+            .order_by("pk")
+            .values_list("pk", "status", "training_key", "version")
+        )
+        same = [pk for pk, status, trained, _ in rows if trained == key and status != Status.FAILED]
+        if same:
+            existing = ModelVersion.objects.get(pk=same[0])
+            if not _stale(existing):
+                return existing, False
             _fail(existing, "the worker training it was lost")
-        active = versions.filter(status=Status.ACTIVE).first()
-        number = (versions.aggregate(top=Max("version"))["top"] or 0) + 1
+        active = next((pk for pk, status, _, _ in rows if status == Status.ACTIVE), None)
+        number = max((number for *_, number in rows), default=0) + 1
         try:
             with transaction.atomic():
                 version = ModelVersion.objects.create(
@@ -153,7 +159,7 @@ def model_version_train_start(
                     node=scope.node,
                     metric=scope.series.metric if scope.series is not None else "",
                     version=number,
-                    parent=active,
+                    parent_id=active,
                     detector=detector,
                     hyperparameters=hyperparameters,
                     train_from=start,
@@ -232,6 +238,7 @@ class Fitted:
     metrics: dict[str, Any]
     holdout: tuple[float, float]
     windows: list[tuple[float, float]] = field(default_factory=list)
+    judged: list[Judged] = field(default_factory=list)
 
 
 def model_version_train(*, version: ModelVersion, scope: Scope | None = None) -> ModelVersion:
@@ -254,10 +261,8 @@ def model_version_train(*, version: ModelVersion, scope: Scope | None = None) ->
             _fail(version, f"{type(exc).__name__}: {exc}")
         return version
     fitted.metrics["train_seconds"] = round(time.perf_counter() - started, 3)
-    _finish(version, fitted)
-    version.refresh_from_db()
-    _gate_and_promote(version, scope, fitted)
-    version.refresh_from_db()
+    if _finish(version, fitted):
+        _gate_and_promote(version, scope, fitted)
     return version
 
 
@@ -267,27 +272,30 @@ def version_scope(version: ModelVersion) -> Scope:
     return Scope(tenant=version.tenant, kind=version.scope_kind, cluster=version.cluster, node=version.node)
 
 
-def _finish(version: ModelVersion, fitted: Fitted) -> None:
-    from mlops.artifacts import artifact_save, state_dumps
-
+def _finish(version: ModelVersion, fitted: Fitted) -> bool:
+    """Store the model and make `version` (updated in place) a candidate, unless the sweep marked
+    it lost meanwhile (False: its result is not used)."""
     artifact = artifact_save(data=state_dumps({"state": fitted.state, "rules": fitted.rules}))
     with transaction.atomic():
-        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
-        if locked.status != Status.TRAINING:  # swept as lost meanwhile: its result is not used
-            return
-        locked.artifact, locked.status = artifact, Status.CANDIDATE
-        locked.train_points, locked.feature_schema, locked.metrics = (
-            fitted.points,
-            fitted.feature_schema,
-            fitted.metrics,
-        )
-        locked.save(update_fields=["artifact", "status", "train_points", "feature_schema", "metrics"])
+        fields = {
+            "artifact": artifact,
+            "status": Status.CANDIDATE,
+            "train_points": fitted.points,
+            "feature_schema": fitted.feature_schema,
+            "metrics": fitted.metrics,
+        }
+        if not ModelVersion.objects.filter(pk=version.pk, status=Status.TRAINING).update(**fields):
+            version.refresh_from_db()
+            return False
+        for name, value in fields.items():
+            setattr(version, name, value)
         ModelVersionEvent.objects.create(
-            version=locked,
+            version=version,
             action=ModelVersionEvent.Action.REGISTERED,
-            actor=locked.created_by,
-            reason=f"trained on {fitted.points} points ({locked.trigger})",
+            actor=version.created_by,
+            reason=f"trained on {fitted.points} points ({version.trigger})",
         )
+    return True
 
 
 def _judged(scope: Scope) -> list[Judged]:
@@ -305,7 +313,8 @@ def _fit_series(version: ModelVersion, scope: Scope) -> Fitted:
     assert series is not None and version.train_from is not None and version.train_to is not None
     start, end = version.train_from, version.train_to
     detector = detector_create(version.detector, sensitivity=version.hyperparameters["sensitivity"])
-    rules = rules_learn(_judged(scope))
+    judged = _judged(scope)
+    rules = rules_learn(judged)
     events = _events(scope, start, end)
     holdout = _holdout_start(start, end)
     points = Point.objects.filter(series=series, ts__gte=start, ts__lt=end)
@@ -377,6 +386,7 @@ def _fit_series(version: ModelVersion, scope: Scope) -> Fitted:
         metrics=metrics,
         holdout=(holdout, end.timestamp()),
         windows=found,
+        judged=judged,
     )
 
 
@@ -492,7 +502,6 @@ def _quantiles(score: np.ndarray, threshold: float) -> dict[str, Any]:
 def _gate_and_promote(version: ModelVersion, scope: Scope, fitted: Fitted) -> None:
     if version.status != Status.CANDIDATE:
         return
-    comparison = _gate(version, scope, fitted)
     forced = version.trigger == ModelVersion.Trigger.DRIFT and (
         scope.tenant.drift_policy == Tenant.DriftPolicy.RETRAIN_PROMOTE
     )
@@ -500,14 +509,17 @@ def _gate_and_promote(version: ModelVersion, scope: Scope, fitted: Fitted) -> No
     # order of every writer of a scope (the serving row, then the versions), so a detection
     # registering an online version at the same moment waits instead of deadlocking.
     with transaction.atomic():
-        serving_lock(version)
+        serving = serving_lock(version)
+        comparison = _gate(version, scope, fitted, serving)
         ModelVersion.objects.filter(pk=version.pk).update(metrics={**version.metrics, "gate": comparison})
         version.metrics = {**version.metrics, "gate": comparison}
         if comparison["passed"] or forced:
             reason = f"gate: {comparison['summary']}" if comparison["passed"] else "drift policy: retrain and promote"
             try:
                 with transaction.atomic():
-                    model_version_promote(version=version, reason=reason)
+                    model = {"state": fitted.state, "rules": fitted.rules}
+                    promoted = model_version_promote(version=version, reason=reason, model=model)
+                version.status, version.activated_at = promoted.status, promoted.activated_at
                 return
             except Rejected as exc:  # the artifact did not verify: the active version keeps serving
                 logger.error("could not promote %s: %s", version, exc.message)
@@ -518,13 +530,10 @@ def _gate_and_promote(version: ModelVersion, scope: Scope, fitted: Fitted) -> No
         )
 
 
-def _gate(version: ModelVersion, scope: Scope, fitted: Fitted) -> dict[str, Any]:
-    """The comparison of the module's docstring, as recorded in `metrics["gate"]`."""
-    active = (
-        ModelVersion.objects.filter(tenant=scope.tenant, scope_key=scope.key, status=Status.ACTIVE)
-        .select_related("artifact")
-        .first()
-    )
+def _gate(version: ModelVersion, scope: Scope, fitted: Fitted, serving: Any) -> dict[str, Any]:
+    """The comparison of the module's docstring, as recorded in `metrics["gate"]`. `serving` is
+    the scope's serving row (locked), or None."""
+    active = ModelVersion.objects.filter(tenant=scope.tenant, scope_key=scope.key, status=Status.ACTIVE).first()
     start, end = fitted.holdout
     if active is None:
         return {"passed": True, "active": None, "summary": "no active version to compare with"}
@@ -540,13 +549,15 @@ def _gate(version: ModelVersion, scope: Scope, fitted: Fitted) -> dict[str, Any]
 
     negatives = [(a, b) for a, b, fb in produced if fb in ("false_positive", "expected")]
     positives = [(a, b) for a, b, fb in produced if fb == "true_positive"]
-    judged = _judged(scope)
-    tp = [j for j in judged if j.feedback == "true_positive"]
-    fp = [j for j in judged if j.feedback != "true_positive"]
-    try:
-        active_rules = model_version_load(version=active)["rules"]
-    except Exception:  # a corrupt active artifact: it holds nothing back
-        active_rules = []
+    tp = [j for j in fitted.judged if j.feedback == "true_positive"]
+    fp = [j for j in fitted.judged if j.feedback != "true_positive"]
+    if serving is not None and serving.model_version_id == active.pk:
+        active_rules = getattr(serving, "rules", [])  # what detection applies (a node has none)
+    else:
+        try:
+            active_rules = model_version_load(version=active)["rules"]
+        except ArtifactCorrupt:  # it holds nothing back
+            active_rules = []
     candidate = {
         "anomalies": len(fitted.windows),
         "false_alarms": sum(found(a, b) for a, b in negatives),
@@ -738,7 +749,7 @@ def feedback_retrain_publish(anomaly: AnomalyResult) -> bool:
     if active is not None and active.artifact_id is not None:
         try:
             covered = {i for rule in model_version_load(version=active)["rules"] for i in rule["anomalies"]}
-        except Exception:
+        except ArtifactCorrupt:
             covered = set()
     if not any(set(rule["anomalies"]) - covered for rule in rules):
         return False
