@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) bench/rollup.py
 	$(PY) bench/detect.py
 	$(PY) bench/alert_latency.py
+	$(PY) bench/train.py
 
 lint: $(STAMP)  # ruff and mypy, both clean
 	$(PY) -m ruff check .
