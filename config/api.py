@@ -14,7 +14,8 @@ from typing import Any
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, JsonResponse
 from drf_spectacular.utils import OpenApiResponse
-from rest_framework import exceptions, serializers
+from rest_framework import exceptions, mixins, serializers, status
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.viewsets import GenericViewSet
@@ -117,3 +118,42 @@ class TenantScopedViewSet(GenericViewSet):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no tenant
             return queryset.none()
         return queryset.filter(**{self.tenant_field: self.tenant})
+
+    def validated(
+        self, serializer_class: type[serializers.Serializer], *, partial: bool = False, data: Any = None
+    ) -> dict[str, Any]:
+        """The request body (or `data`) checked by an input serializer: 400 with details if not."""
+        params = serializer_class(
+            data=self.request.data if data is None else data, partial=partial, context=self.get_serializer_context()
+        )
+        params.is_valid(raise_exception=True)
+        return dict(params.validated_data)
+
+
+class WritableViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TenantScopedViewSet):
+    """Create and edit through one service call (`save`) fed by an input serializer; delete is a
+    plain delete."""
+
+    input_serializer_class: type[serializers.Serializer]
+
+    def save(self, instance: Any, values: dict[str, Any]) -> Model:
+        """Create (`instance` None) or edit through the service; returns what it saved."""
+        raise NotImplementedError
+
+    def render(self, instance: Model) -> Any:
+        return self.get_serializer(instance).data
+
+    def create(self, request: Request) -> Response:
+        saved = self.save(None, self.validated(self.input_serializer_class))
+        return Response(self.render(saved), status=status.HTTP_201_CREATED)
+
+    def update(self, request: Request, pk: str | None = None) -> Response:
+        return self._edit(partial=False)
+
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        return self._edit(partial=True)
+
+    def _edit(self, *, partial: bool) -> Response:
+        instance = self.get_object()  # first: another tenant's object is a 404 whatever the body
+        values = self.validated(self.input_serializer_class, partial=partial)
+        return Response(self.render(self.save(instance, values)))

@@ -63,7 +63,7 @@ from alerts.models import (
     Silence,
     WebhookEndpoint,
 )
-from config.api import ERROR_RESPONSES, ErrorSerializer, TenantScopedViewSet
+from config.api import ERROR_RESPONSES, ErrorSerializer, TenantScopedViewSet, WritableViewSet
 from config.errors import Rejected
 from config.pagination import CursorPagination
 
@@ -305,47 +305,6 @@ NOT_REPLAYABLE = _error_example(
 # --- plumbing ------------------------------------------------------------------------------------
 
 
-class AlertingViewSet(TenantScopedViewSet):
-    """What every alerting view repeats: checking an input serializer (`actor` is the base's)."""
-
-    def validated(
-        self, serializer_class: type[serializers.Serializer], *, partial: bool = False, data: Any = None
-    ) -> dict[str, Any]:
-        params = serializer_class(
-            data=self.request.data if data is None else data, partial=partial, context=self.get_serializer_context()
-        )
-        params.is_valid(raise_exception=True)
-        return dict(params.validated_data)
-
-
-class WritableViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, AlertingViewSet):
-    """Create and edit through one service call (`save`); delete is a plain delete."""
-
-    input_serializer_class: type[serializers.Serializer]
-
-    def save(self, instance: Any, values: dict[str, Any]) -> Model:
-        """Create (`instance` None) or edit through the service; returns what it saved."""
-        raise NotImplementedError
-
-    def render(self, instance: Model) -> Any:
-        return self.get_serializer(instance).data
-
-    def create(self, request: Request) -> Response:
-        saved = self.save(None, self.validated(self.input_serializer_class))
-        return Response(self.render(saved), status=status.HTTP_201_CREATED)
-
-    def update(self, request: Request, pk: str | None = None) -> Response:
-        return self._edit(partial=False)
-
-    def partial_update(self, request: Request, pk: str | None = None) -> Response:
-        return self._edit(partial=True)
-
-    def _edit(self, *, partial: bool) -> Response:
-        instance = self.get_object()  # first: another tenant's object is a 404 whatever the body
-        values = self.validated(self.input_serializer_class, partial=partial)
-        return Response(self.render(self.save(instance, values)))
-
-
 class RoutePagination(CursorPagination):
     ordering = ("position", "id")  # type: ignore[assignment]  # the order routes are tried in
 
@@ -558,7 +517,7 @@ class RuleViewSet(WritableViewSet):
         return Response(RulePreviewSerializer(data).data)
 
 
-class RuleTemplateViewSet(AlertingViewSet):
+class RuleTemplateViewSet(TenantScopedViewSet):
     """Ready-made rules (alerts.services.RULE_TEMPLATES): give a metric, get a working rule."""
 
     lookup_field = "name"
@@ -633,7 +592,7 @@ class RuleTemplateViewSet(AlertingViewSet):
         examples=[NOT_FOUND, OpenApiExample("Firing", response_only=True, value=ALERT)],
     ),
 )
-class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, AlertingViewSet):
+class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
     queryset = Alert.objects.select_related("rule_version")
     serializer_class = AlertSerializer
     filterset_class = filters.AlertFilter
@@ -674,7 +633,7 @@ def _incident_action(
         examples=[NOT_FOUND, OpenApiExample("Acknowledged", response_only=True, value=INCIDENT_DETAIL)],
     ),
 )
-class IncidentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, AlertingViewSet):
+class IncidentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
     queryset = Incident.objects.select_related("rule_version")
     serializer_class = IncidentSerializer
     filterset_class = filters.IncidentFilter
@@ -776,7 +735,7 @@ SILENCE_DESCRIPTION = (
         examples=[NOT_FOUND],
     ),
 )
-class SilenceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, AlertingViewSet):
+class SilenceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
     queryset = Silence.objects.all()
     serializer_class = SilenceSerializer
     filterset_class = filters.SilenceFilter
@@ -950,7 +909,7 @@ class EndpointViewSet(WritableViewSet):
         examples=[NOT_FOUND, OpenApiExample("Failed", response_only=True, value=DELIVERY_DETAIL)],
     ),
 )
-class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, AlertingViewSet):
+class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
     queryset = Delivery.objects.select_related("notification")
     serializer_class = DeliverySerializer
     filterset_class = filters.DeliveryFilter

@@ -24,7 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from analytics.api.anomalies import _optional_time
-from config.api import ERROR_RESPONSES, ErrorSerializer, TenantScopedViewSet
+from config.api import ERROR_RESPONSES, ErrorSerializer, TenantScopedViewSet, WritableViewSet
 from config.pagination import CursorPagination
 from mlops import training
 from mlops.api.serializers import (
@@ -560,13 +560,12 @@ class CalendarPagination(CursorPagination):
         examples=[NOT_FOUND],
     ),
 )
-class CalendarEventViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TenantScopedViewSet
-):
+class CalendarEventViewSet(WritableViewSet):
     """Create and edit through mlops.calendars.calendar_event_save; delete is a plain delete."""
 
     queryset = CalendarEvent.objects.all()
     serializer_class = CalendarEventSerializer
+    input_serializer_class = CalendarEventInSerializer
     filterset_class = CalendarEventFilter
     pagination_class = CalendarPagination
 
@@ -581,22 +580,7 @@ class CalendarEventViewSet(
             queryset = queryset.filter(start__lt=end)
         return queryset
 
-    def _values(self, *, partial: bool) -> dict[str, Any]:
-        params = CalendarEventInSerializer(data=self.request.data, partial=partial)
-        params.is_valid(raise_exception=True)
-        return dict(params.validated_data)
-
-    def create(self, request: Request) -> Response:
-        event = calendar_event_save(tenant=self.tenant, created_by=self.actor, **self._values(partial=False))
-        return Response(CalendarEventSerializer(event).data, status=status.HTTP_201_CREATED)
-
-    def update(self, request: Request, pk: str | None = None) -> Response:
-        return self._edit(partial=False)
-
-    def partial_update(self, request: Request, pk: str | None = None) -> Response:
-        return self._edit(partial=True)
-
-    def _edit(self, *, partial: bool) -> Response:
-        event = self.get_object()  # first: another tenant's event is a 404 whatever the body
-        saved = calendar_event_save(tenant=self.tenant, event=event, **self._values(partial=partial))
-        return Response(CalendarEventSerializer(saved).data)
+    def save(self, instance: CalendarEvent | None, values: dict[str, Any]) -> CalendarEvent:
+        if instance is None:
+            return calendar_event_save(tenant=self.tenant, created_by=self.actor, **values)
+        return calendar_event_save(tenant=self.tenant, event=instance, **values)
