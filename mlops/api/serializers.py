@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -51,11 +51,27 @@ class GateSerializer(serializers.Serializer):
     summary = serializers.CharField()
 
 
+CHAMPION, CHALLENGER = "champion", "challenger"
+ALIASES = [CHAMPION, CHALLENGER]
+
+
+def challengers(queryset: Any) -> Any:
+    """`queryset` with `challenger_id`: the newest candidate of each version's scope."""
+    newest = ModelVersion.objects.filter(
+        tenant=OuterRef("tenant"), scope_key=OuterRef("scope_key"), status=ModelVersion.Status.CANDIDATE
+    ).order_by("-version")
+    return queryset.annotate(challenger_id=Subquery(newest.values("pk")[:1]))
+
+
 class ModelVersionSerializer(serializers.ModelSerializer):
     artifact_sha256 = serializers.CharField(source="artifact_id", allow_null=True, read_only=True)
     gate = serializers.SerializerMethodField(
         help_text="The promotion gate's comparison with the version active when it was trained (also in "
         "`metrics.gate`); null before training ends or for a version that was not gated."
+    )
+    alias = serializers.SerializerMethodField(
+        help_text="`champion`: the scope's active version. `challenger`: its newest candidate, the one a "
+        "person would promote next. Null otherwise. Filter with `?alias=`."
     )
 
     class Meta:
@@ -85,12 +101,24 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "created_at",
             "activated_at",
             "gate",
+            "alias",
         ]
 
     @extend_schema_field(GateSerializer(allow_null=True))
     def get_gate(self, version: ModelVersion) -> dict[str, Any] | None:
         gate = version.metrics.get("gate") if isinstance(version.metrics, dict) else None
         return gate if isinstance(gate, dict) else None
+
+    @extend_schema_field(serializers.ChoiceField(choices=ALIASES, allow_null=True))
+    def get_alias(self, version: ModelVersion) -> str | None:
+        if version.status == ModelVersion.Status.ACTIVE:
+            return CHAMPION
+        if version.status != ModelVersion.Status.CANDIDATE:
+            return None
+        newest = getattr(version, "challenger_id", None)  # annotated by the list (challenger_annotate)
+        if newest is None:
+            newest = challengers(ModelVersion.objects.filter(pk=version.pk)).values_list("challenger_id", flat=True)[0]
+        return CHALLENGER if newest == version.pk else None
 
 
 class ModelVersionDetailSerializer(ModelVersionSerializer):

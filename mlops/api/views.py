@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.http import Http404
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
@@ -28,6 +28,8 @@ from config.api import ERROR_RESPONSES, ErrorSerializer, TenantScopedViewSet, Wr
 from config.pagination import CursorPagination
 from mlops import training
 from mlops.api.serializers import (
+    ALIASES,
+    CHAMPION,
     CalendarEventInSerializer,
     CalendarEventSerializer,
     CompareQuerySerializer,
@@ -38,6 +40,7 @@ from mlops.api.serializers import (
     ModelVersionSerializer,
     ReasonSerializer,
     TrainInSerializer,
+    challengers,
 )
 from mlops.calendars import calendar_event_save
 from mlops.models import CalendarEvent, DriftReport, ModelVersion
@@ -151,9 +154,18 @@ REASON = OpenApiExample("With a reason", request_only=True, value={"reason": "Se
 
 
 class ModelVersionFilter(filters.FilterSet):
+    alias = filters.ChoiceFilter(
+        choices=[(a, a) for a in ALIASES], method="filter_alias", help_text="`champion` or `challenger`."
+    )
+
     class Meta:
         model = ModelVersion
         fields = ["status", "scope_kind", "scope_key", "detector", "series"]
+
+    def filter_alias(self, queryset: QuerySet[ModelVersion], name: str, value: str) -> QuerySet[ModelVersion]:
+        if value == CHAMPION:
+            return queryset.filter(status=ModelVersion.Status.ACTIVE)
+        return challengers(queryset).filter(pk=F("challenger_id"))
 
 
 class VersionPagination(CursorPagination):
@@ -184,7 +196,7 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
     pagination_class = VersionPagination
 
     def get_queryset(self) -> QuerySet[ModelVersion]:
-        queryset: QuerySet[ModelVersion] = super().get_queryset()  # type: ignore[assignment]
+        queryset: QuerySet[ModelVersion] = challengers(super().get_queryset())
         return queryset if self.action == "list" else queryset.prefetch_related("events")
 
     def get_serializer_class(self) -> Any:

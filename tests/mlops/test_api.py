@@ -62,6 +62,23 @@ def test_promote_then_rollback_through_the_api(owner: APIClient, versions: list[
     )
 
 
+def test_aliases_name_the_champion_and_the_newest_challenger(
+    owner: APIClient, tenant: Tenant, versions: list[ModelVersion]
+) -> None:
+    newest = register(tenant, versions[0].series, trained_state(7)[0])
+    owner.post(f"/api/v1/model-versions/{versions[0].pk}/promote", {}, format="json")
+
+    listed = {v["version"]: v["alias"] for v in owner.get("/api/v1/model-versions").json()["results"]}
+    assert listed == {3: "challenger", 2: None, 1: "champion"}
+    assert owner.get(f"/api/v1/model-versions/{newest.pk}").json()["alias"] == "challenger"
+    compared = owner.get(f"/api/v1/model-versions/{versions[1].pk}/compare?other={newest.pk}").json()
+    assert (compared["a"]["alias"], compared["b"]["alias"]) == (None, "challenger")
+    for alias, expected in (("champion", [1]), ("challenger", [3])):
+        found = owner.get(f"/api/v1/model-versions?alias={alias}").json()["results"]
+        assert [v["version"] for v in found] == expected
+    assert error(owner.get("/api/v1/model-versions?alias=boss")) == (400, "invalid")
+
+
 def test_compare_shows_what_differs(owner: APIClient, versions: list[ModelVersion]) -> None:
     body = owner.get(f"/api/v1/model-versions/{versions[0].pk}/compare?other={versions[1].pk}").json()
     assert body["same_scope"] is True
