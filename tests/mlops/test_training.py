@@ -321,3 +321,38 @@ def test_beat_fans_training_out_per_tenant_and_scope_and_a_shard_trains_its_scop
     assert training.scopes_train(**args, start=start, end=end) == 2
     assert training.scopes_train(**args, start=start, end=end) == 0
     assert ModelVersion.objects.filter(trigger="schedule").count() == 2
+
+
+# --- Calendars at serving time -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "hours"),
+    [
+        ({"cluster": "eu", "suppress": True}, [14]),  # held back: the 02:00 spike is in maintenance
+        ({"cluster": "eu", "node": "db-1", "suppress": True}, [14]),  # the node's own event
+        ({"cluster": "eu", "suppress": False}, [2, 14]),  # known, but not suppressing detection
+        ({"cluster": "us", "suppress": True}, [2, 14]),  # another cluster's maintenance
+    ],
+    ids=["cluster", "node", "not-suppressing", "other-cluster"],
+)
+def test_a_suppressing_calendar_event_holds_detection_back(
+    tenant: Tenant, day0: float, event: dict[str, Any], hours: list[int]
+) -> None:
+    from analytics.models import AnomalyScore
+
+    ts, values = series_values(day0, 2, spikes_at=())
+    series = ingest(tenant, ts, values)
+    detect(series)
+    start = day0 + 2 * DAY
+    CalendarEvent.objects.create(
+        tenant=tenant, kind="maintenance", start=utc(start + 3600), end=utc(start + 3 * 3600), **event
+    )
+    next_ts, next_values = series_values(start, 1, spikes_at=(2 * 3600, 14 * 3600), seed=5)
+    ingest(tenant, next_ts, next_values)
+    detect(series)
+
+    assert spikes(series, since=start) == hours
+    scored = AnomalyScore.objects.filter(series=series, bucket__gte=utc(start + 3600), bucket__lt=utc(start + 3 * 3600))
+    assert scored.exists() is (hours != [14])  # suppressed: not scored at all
+    assert DetectorState.objects.get(series=series).last_ts == utc(next_ts[-1])
