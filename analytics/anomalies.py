@@ -60,7 +60,7 @@ from analytics.models import (
     Rollup,
 )
 from analytics.rollups import chunked
-from mlops.calendars import calendar_events, calendar_mask
+from mlops.calendars import Calendar, calendar_events, calendar_mask, tenant_calendar
 from mlops.feedback import rules_apply
 from mlops.models import ModelVersion
 from tenants.models import Tenant
@@ -142,8 +142,9 @@ def series_detect(*, series_ids: Iterable[int]) -> int:
     `last_ts` and writes nothing. Series that no longer exist are skipped.
     """
     scored, unfinished, touched = 0, [], []
+    calendars: dict[int, Calendar] = {}  # per tenant, read once for this call
     for series_id in sorted(set(series_ids)):
-        count, more = _series_detect_one(series_id)
+        count, more = _series_detect_one(series_id, calendars)
         scored += count
         if count:
             touched.append(series_id)
@@ -173,8 +174,9 @@ def series_detect_publish(*, series_ids: Iterable[int], expires: timedelta | Non
     return sent
 
 
-def _series_detect_one(series_id: int) -> tuple[int, bool]:
-    """`series_detect` of one series: (points scored, more points are due)."""
+def _series_detect_one(series_id: int, calendars: dict[int, Calendar]) -> tuple[int, bool]:
+    """`series_detect` of one series: (points scored, more points are due). `calendars` holds the
+    suppressing calendar of each tenant met so far in this call (read on first use)."""
     with transaction.atomic():
         series = MetricSeries.objects.select_related("tenant").filter(pk=series_id).first()
         if series is None:
@@ -203,7 +205,7 @@ def _series_detect_one(series_id: int) -> tuple[int, bool]:
         ts = np.array([moment.timestamp() for moment, _ in rows])
         values = np.array([value for _, value in rows], dtype=np.float64)
         # A calendar event that suppresses detection: its points are neither scored nor learned.
-        held = calendar_mask(ts, _series_events(series, rows[0][0], rows[-1][0]))
+        held = calendar_mask(ts, _suppressing(calendars, series).covering(series.cluster, series.node))
         scores, state = detector.update(row.state, ts[~held], values[~held])
         scores = rules_apply(row.rules, scores, detector.threshold)[0]
         if not _json_safe(state):
@@ -227,6 +229,20 @@ def _series_detect_one(series_id: int) -> tuple[int, bool]:
             horizon=row.last_ts.timestamp() - gap,
         )
         return len(scores), more
+
+
+def _suppressing(calendars: dict[int, Calendar], series: MetricSeries) -> Calendar:
+    """The suppressing events of the series' tenant over every point detection can still meet
+    (raw retention back, the allowed clock skew ahead), from `calendars` or read into it."""
+    if series.tenant_id not in calendars:
+        now = dj_timezone.now()
+        calendars[series.tenant_id] = tenant_calendar(
+            tenant_id=series.tenant_id,
+            start=now - timedelta(days=series.tenant.retention_raw_days),
+            end=now + timedelta(seconds=settings.VIGIL_INGEST_MAX_FUTURE_SECONDS),
+            suppressing=True,
+        )
+    return calendars[series.tenant_id]
 
 
 def _series_events(

@@ -4,28 +4,46 @@ API and the admin share are at the end."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from django.db.models import Q
 
 from config.errors import Rejected
 from mlops.models import CalendarEvent
 from tenants.models import Tenant
 
 
+@dataclass(frozen=True)
+class Calendar:
+    """A tenant's events over a time range, read once: (cluster, node, start, end), Unix seconds."""
+
+    events: list[tuple[str, str, float, float]]
+
+    def covering(self, cluster: str, node: str) -> list[tuple[float, float]]:
+        """[start, end) of the events that cover (cluster, node): the whole tenant's, the cluster's,
+        the node's. A node-level scope (node "") is covered by its cluster's and the tenant's."""
+        return [(s, e) for c, n, s, e in self.events if c == "" or (c == cluster and n in ("", node))]
+
+
+def tenant_calendar(*, tenant_id: int, start: datetime, end: datetime, suppressing: bool = False) -> Calendar:
+    """The tenant's events overlapping [start, end]; only those that suppress detection when
+    `suppressing`. One query; detection reads it once per message, not once per series."""
+    events = CalendarEvent.objects.filter(tenant_id=tenant_id, start__lte=end, end__gt=start)
+    if suppressing:
+        events = events.filter(suppress=True)
+    rows = events.values_list("cluster", "node", "start", "end")
+    return Calendar(events=[(c, n, s.timestamp(), e.timestamp()) for c, n, s, e in rows])
+
+
 def calendar_events(
     *, tenant_id: int, cluster: str, node: str, start: datetime, end: datetime, suppressing: bool = False
 ) -> list[tuple[float, float]]:
     """[start, end) in Unix seconds of the tenant's events that cover (cluster, node) and overlap
-    [start, end]; only those that suppress detection when `suppressing`. A node-level scope
-    (node "") is covered by events of its cluster or of the whole tenant."""
-    events = CalendarEvent.objects.filter(tenant_id=tenant_id, start__lte=end, end__gt=start)
-    events = events.filter(Q(cluster="") | Q(cluster=cluster, node="") | Q(cluster=cluster, node=node))
-    if suppressing:
-        events = events.filter(suppress=True)
-    return [(s.timestamp(), e.timestamp()) for s, e in events.values_list("start", "end")]
+    [start, end] (see `Calendar.covering`); only those that suppress detection when `suppressing`."""
+    calendar = tenant_calendar(tenant_id=tenant_id, start=start, end=end, suppressing=suppressing)
+    return calendar.covering(cluster, node)
 
 
 def calendar_mask(timestamps: np.ndarray, events: list[tuple[float, float]]) -> np.ndarray:
