@@ -37,7 +37,7 @@ from alerts.evaluation import KINDS_AFTER_DRIFT, tenant_rules_evaluate_publish
 from analytics.anomalies import node_columns, node_matrix
 from analytics.detection import detector_create
 from analytics.detection.multivariate import node_detector_create
-from analytics.detection.windows import anomaly_windows
+from analytics.detection.windows import anomaly_spans
 from analytics.models import Point
 from mlops.calendars import calendar_events, calendar_mask
 from mlops.drift_stats import Reference, Thresholds, feature_drift, precision_drift, rate_drift
@@ -227,7 +227,7 @@ def _series_recent(
     recent = (scores.timestamps >= window_from.timestamp()) & ~scores.warming
     part = scores.select(recent)
     gap = settings.VIGIL_ANOMALY_GAP_SAMPLES * float(state.get("interval") or 60.0)
-    windows = len(anomaly_windows(part, gap_seconds=gap)) if len(part) else 0
+    windows = len(anomaly_spans(part.timestamps, part.anomalous, gap_seconds=gap))
     return {"value": part.values, "residual": residuals(part)}, windows
 
 
@@ -255,8 +255,8 @@ def _node_recent(
     ts, matrix = ts[keep], matrix[keep]
     scores, _ = detector.update(state, ts, matrix, names)
     recent = scores.timestamps >= window_from.timestamp()
-    anomalous = scores.anomalous[recent]
-    windows = int(np.sum(anomalous[1:] & ~anomalous[:-1]) + (1 if len(anomalous) and anomalous[0] else 0))
+    gap = settings.VIGIL_ANOMALY_GAP_SAMPLES * 60.0  # as training counted them (mlops.training)
+    windows = len(anomaly_spans(scores.timestamps[recent], scores.anomalous[recent], gap_seconds=gap))
     in_window = ts >= window_from.timestamp()
     return {name: matrix[in_window, j] for j, name in enumerate(names)}, windows
 

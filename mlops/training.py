@@ -48,13 +48,13 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from analytics.anomalies import node_columns, node_matrix, series_sensitivity, serving_lock
 from analytics.detection import Scores, detector_create
 from analytics.detection.multivariate import node_detector_create
-from analytics.detection.windows import anomaly_windows
+from analytics.detection.windows import anomaly_spans
 from analytics.models import AnomalyResult, MetricSeries, Point
 from config.errors import Rejected
 from mlops.artifacts import ArtifactCorrupt, artifact_save, state_dumps
@@ -377,7 +377,7 @@ def _fit_series(version: ModelVersion, scope: Scope) -> Fitted:
             name: ref.as_dict() for name, ref in (("value", value_ref), ("residual", residual_ref)) if ref is not None
         },
     }
-    found = [(w.start, w.end) for w in anomaly_windows(tail, gap_seconds=gap)] if len(tail) else []
+    found = anomaly_spans(tail.timestamps, tail.anomalous, gap_seconds=gap)
     return Fitted(
         state=state,
         rules=rules,
@@ -440,21 +440,8 @@ def _fit_node(version: ModelVersion, scope: Scope) -> Fitted:
     scores, state = detector.update(state, ts[split:], matrix[split:], names)
     fit_seconds = time.perf_counter() - began
     days = max((end.timestamp() - holdout) / DAY, 1e-9)
-    as_scores = Scores(
-        timestamps=scores.timestamps,
-        values=scores.score,
-        score=scores.score,
-        expected=np.zeros(len(scores)),
-        lower=np.zeros(len(scores)),
-        upper=np.zeros(len(scores)),
-        deviation=np.zeros(len(scores)),
-        warming=scores.warming,
-        anomalous=scores.anomalous,
-        label=np.where(scores.anomalous, "spike", "").astype(object),
-        detector=np.where(scores.anomalous, detector.name, "").astype(object),
-    )
     gap = settings.VIGIL_ANOMALY_GAP_SAMPLES * 60.0
-    found = [(w.start, w.end) for w in anomaly_windows(as_scores, gap_seconds=gap)] if len(scores) else []
+    found = anomaly_spans(scores.timestamps, scores.anomalous, gap_seconds=gap)
     scored = scores.score[~scores.warming]
     reference = {}
     for j, name in enumerate(names):
@@ -618,7 +605,7 @@ def scopes_of(tenant: Tenant, *, since: datetime) -> Iterable[Scope]:
         yield Scope.of_series(one)
     nodes = (
         NodeDetectorState.objects.filter(tenant=tenant, detector=settings.VIGIL_NODE_DETECTOR)
-        .filter(Q(last_ts__gte=since))
+        .filter(last_ts__gte=since)
         .order_by("cluster", "node")
         .values_list("cluster", "node")
     )

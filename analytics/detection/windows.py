@@ -81,6 +81,17 @@ def _split_names(names: list[str]) -> tuple[str, ...]:
     return tuple(sorted(part for part in parts if part))
 
 
+def anomaly_spans(timestamps: np.ndarray, anomalous: np.ndarray, *, gap_seconds: float) -> list[tuple[float, float]]:
+    """(start, end) of each window `anomaly_windows` would make of these points, without their
+    facts: for counting and comparing anomalies (the model lifecycle's gate and drift checks)."""
+    ts = np.asarray(timestamps, dtype=np.float64)[np.asarray(anomalous, dtype=bool)]
+    if not len(ts):
+        return []
+    first = np.flatnonzero(np.concatenate([[True], np.diff(ts) > gap_seconds]))
+    last = np.append(first[1:] - 1, len(ts) - 1)
+    return [(float(ts[a]), float(ts[b])) for a, b in zip(first.tolist(), last.tolist(), strict=True)]
+
+
 def anomaly_windows(scores: Scores, *, gap_seconds: float) -> list[AnomalyWindow]:
     """The anomalous points of `scores` merged into windows, in time order.
 

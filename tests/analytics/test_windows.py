@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analytics.detection import Scores
-from analytics.detection.windows import LABEL_PRIORITY, AnomalyWindow, anomaly_windows
+from analytics.detection.windows import LABEL_PRIORITY, AnomalyWindow, anomaly_spans, anomaly_windows
 
 
 def make_scores(
@@ -165,3 +165,13 @@ def test_random_scores_give_the_same_windows_as_a_plain_loop(seed: int) -> None:
         detectors=[str(rng.choice(["a", "b", "c"])) if f else "" for f in flags],
     )
     assert anomaly_windows(scores, gap_seconds=300) == reference_windows(scores, 300)
+
+
+def test_spans_are_the_windows_without_their_facts() -> None:
+    rng = np.random.default_rng(3)
+    ts = np.cumsum(rng.integers(10, 200, 500)).astype(float)
+    flags = rng.random(500) < 0.1
+    for gap in (0.0, 60.0, 300.0):
+        windows = anomaly_windows(make_scores(ts, flags), gap_seconds=gap)
+        assert anomaly_spans(ts, flags, gap_seconds=gap) == [(w.start, w.end) for w in windows]
+    assert anomaly_spans(ts, np.zeros(500, dtype=bool), gap_seconds=60) == []
